@@ -1,0 +1,78 @@
+"""`build(spec) -> nn.Module`: instantiate a `NetSpec` from the catalog blocks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import (BasicResidual, ConvBNAct, DepthwiseSeparable, Fire, InvertedResidual, LowRankConvBNAct,
+                     make_act)
+from .plan import Block, resolve
+from .spec import NetSpec
+
+
+class Net(nn.Module):
+    """A network built from a `NetSpec`; `net.spec` is the description it was built from."""
+
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        plan = resolve(spec)
+        self.features = nn.Sequential(*[_make_block(b, spec, i == 0 and spec.stem.channels > 0)
+                                        for i, b in enumerate(plan.blocks)])
+        self.head = _make_head(spec, plan.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build(spec: NetSpec | dict | str) -> Net:
+    """Build a network from a `NetSpec`, its JSON dict, or its one-line string."""
+    if isinstance(spec, dict):
+        spec = NetSpec.from_dict(spec)
+    elif isinstance(spec, str):
+        spec = NetSpec.from_json(spec) if spec.lstrip().startswith("{") else NetSpec.from_string(spec)
+    return Net(spec)
+
+
+def _make_block(b: Block, spec: NetSpec, is_stem: bool) -> nn.Module:
+    n, a, x = spec.norm, spec.act, b.extra
+    if b.kind == "conv":
+        return ConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, x["padding"], x["groups"], norm=n, act=a)
+    if b.kind == "dws":
+        return DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, norm=n, act=a)
+    if b.kind == "ir":
+        return InvertedResidual(b.in_ch, b.out_ch, b.stride, x["expand"], b.kernel, x["se"], norm=n, act=a)
+    if b.kind == "fire":
+        return Fire(b.in_ch, x["squeeze"], x["e1"], x["e3"], b.stride, x["bypass"], norm=n, act=a)
+    if b.kind == "lowrank":
+        return LowRankConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, x["rank"], norm=n, act=a)
+    if b.kind == "basic":
+        return BasicResidual(b.in_ch, b.out_ch, b.stride, b.kernel, x["shortcut"], norm=n, act=a)
+    if b.kind == "maxpool":
+        return nn.MaxPool2d(b.kernel, b.stride, x["padding"], ceil_mode=x["ceil_mode"])
+    if b.kind == "avgpool":
+        return nn.AvgPool2d(b.kernel, b.stride, x["padding"])
+    raise AssertionError(b.kind)  # unreachable: validated
+
+
+def _make_head(spec: NetSpec, head: list[tuple[str, int, int]]) -> nn.Sequential:
+    hd = spec.head
+    layers: list[nn.Module] = []
+    if hd.kind == "conv":
+        if hd.dropout:
+            layers.append(nn.Dropout(hd.dropout))
+        _, cin, cout = head[0]
+        layers += [nn.Conv2d(cin, cout, 1), make_act(spec.act), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        return nn.Sequential(*layers)
+    if hd.kind == "pool":
+        layers.append(nn.AdaptiveAvgPool2d(1))
+    layers.append(nn.Flatten(1))
+    fcs = [h for h in head if h[0] == "fc"]
+    for _, cin, cout in fcs[:-1]:
+        layers += [nn.Linear(cin, cout), make_act(spec.act)]
+    if hd.dropout:
+        layers.append(nn.Dropout(hd.dropout))
+    _, cin, cout = fcs[-1]
+    layers.append(nn.Linear(cin, cout))
+    return nn.Sequential(*layers)
