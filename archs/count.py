@@ -112,19 +112,33 @@ def count_ptflops(model: nn.Module, input_shape: InputShape, backend: str = "ate
     return int(macs)
 
 
-def latency(model: nn.Module, input_shape: InputShape | None = None, batch_size: int = 1, threads: int | None = None,
+def latency(model, input_shape: InputShape | None = None, batch_size: int = 1, threads: int | None = None,
             warmup: int = 5, repeats: int = 30, max_seconds: float = 5.0) -> float:
-    """Median CPU milliseconds of one forward pass after warm-up (eval mode, no grad)."""
-    model, shape = _model_and_shape(model, input_shape)
+    """Median milliseconds of one forward pass after warm-up (eval mode, no grad).
+
+    `model` is an nn.Module or any callable taking a float tensor (an ONNX Runtime wrapper, say);
+    `input_shape` defaults to the spec's input for models built by `build`.
+    """
+    is_module = isinstance(model, nn.Module)
+    if is_module:
+        model, shape = _model_and_shape(model, input_shape)
+    elif input_shape is None:
+        raise ValueError("input_shape is required for a callable that is not a built model")
+    else:
+        shape = tuple(int(s) for s in input_shape)
+        shape = shape if len(shape) == 4 else (1, *shape)
     shape = (batch_size, *shape[1:])
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training if is_module else False
+    device = torch.device("cpu")
+    if is_module:
+        model.eval()
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else device
     x = torch.randn(shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     times: list[float] = []
     try:
         with torch.inference_mode():
@@ -132,17 +146,16 @@ def latency(model: nn.Module, input_shape: InputShape | None = None, batch_size:
                 model(x)
             start = time.perf_counter()
             for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 t0 = time.perf_counter()
                 model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                sync(device)
                 times.append((time.perf_counter() - t0) * 1e3)
                 if time.perf_counter() - start > max_seconds and len(times) >= 5:
                     break
     finally:
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
         if threads:
             torch.set_num_threads(old_threads)
     return float(statistics.median(times))
