@@ -1,0 +1,138 @@
+"""The Optuna objective: sample -> fit to budget -> build -> train -> report. No over-budget network is ever trained."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from archs import build, estimate, latency
+from archs.spec import NetSpec
+from training.data import Splits, TensorData
+from training.loop import TrainConfig, TrainingDiverged, fit
+
+from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+
+COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
+
+
+class TrialFailed(Exception):
+    """A trial that could not produce a result (diverged, out of memory); recorded as FAIL, the study goes on."""
+
+
+@dataclass
+class ParetoStopper:
+    """Early stopping for multi-objective studies, where Optuna's pruners cannot be used.
+
+    After `warmup` epochs, a trial stops when at least half of the completed trials (and at least `min_trials`)
+    dominate it at the same epoch: validation accuracy at least as high and cost at most as high.
+    """
+
+    cost_key: str
+    warmup: int
+    min_trials: int = 5
+
+    def should_stop(self, study: optuna.Study, epoch: int, acc: float, cost: float) -> bool:
+        if epoch < self.warmup:
+            return False
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if len(t.user_attrs.get("curve", [])) >= epoch]
+        if len(done) < self.min_trials:
+            return False
+        dominating = sum(1 for t in done
+                         if t.user_attrs["curve"][epoch - 1] >= acc and t.user_attrs.get(self.cost_key, math.inf) <= cost)
+        return dominating >= len(done) / 2
+
+
+class Objective:
+    """Callable objective; data are loaded once and resized once per input resolution."""
+
+    def __init__(self, data: Splits, space: SearchSpace, budget: Budget, objectives: list[str], train: TrainConfig,
+                 device: torch.device, teacher: torch.nn.Module | None = None, kd_temperature: float = 4.0,
+                 kd_alpha: float = 0.9, log: Callable[[str], None] | None = None):
+        self.data, self.space, self.budget, self.objectives = data, space, budget, objectives
+        self.train_cfg, self.device, self.teacher = train, device, teacher
+        self.kd_temperature, self.kd_alpha = kd_temperature, kd_alpha
+        self.log = log or (lambda s: None)
+        self.shape = DataShape(data.in_chans, data.resolution, data.num_classes)
+        self._cache: dict[int, tuple[TensorData, TensorData]] = {}
+        multi = len(objectives) > 1
+        self.stopper = ParetoStopper(COST_OBJECTIVES[objectives[1]], max(1, train.epochs // 2)) if multi else None
+
+    def split(self, size: int) -> tuple[TensorData, TensorData]:
+        """Train and validation tensors at `size` px on the training device (cached)."""
+        if size not in self._cache:
+            self._cache[size] = (self.data.train.resized(size).to(self.device),
+                                 self.data.val.resized(size).to(self.device))
+        return self._cache[size]
+
+    def fits(self, spec: NetSpec) -> bool:
+        """Analytic budgets first (microseconds), then the measured CPU latency budget if any."""
+        if not analytic_fits(self.budget)(spec):
+            return False
+        if self.budget.latency_ms is None:
+            return True
+        return latency(build(spec), repeats=20, max_seconds=1.0) <= self.budget.latency_ms
+
+    def __call__(self, trial: optuna.Trial):
+        spec, alpha_max, hp = sample_structure(trial, self.space, self.shape)
+        fitted = fit_alpha(spec, alpha_max, self.fits, self.space.alpha_min,
+                           steps=24 if self.budget.latency_ms is None else 8)
+        if fitted is None:
+            trial.set_user_attr("fail_reason", "infeasible: over budget even at the smallest width")
+            raise optuna.TrialPruned("no width multiplier fits the budget")
+        spec = fitted.validate()
+        cost = estimate(spec)
+        model = build(spec)
+        lat = latency(model, repeats=20, max_seconds=1.0)
+        trial.set_user_attr("spec", spec.to_string())
+        trial.set_user_attr("spec_json", spec.to_dict())
+        trial.set_user_attr("blocks", "+".join(dict.fromkeys(spec.block_types())))
+        trial.set_user_attr("depth", sum(s.repeats for s in spec.stages))
+        trial.set_user_attr("resolution", spec.input_size)
+        trial.set_user_attr("alpha", spec.alpha)
+        trial.set_user_attr("rho", spec.rho)
+        trial.set_user_attr("mflops", cost.macs / 1e6)
+        trial.set_user_attr("params_count", cost.params)
+        trial.set_user_attr("latency_ms", lat)
+        trial.set_user_attr("budget_share", self.budget.share(cost, lat))
+        trial.set_user_attr("hparams", hp)
+        cfg = replace(self.train_cfg, seed=self.train_cfg.seed + trial.number, **hp)
+        train, val = self.split(spec.input_size)
+        curve: list[float] = []
+        own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat}
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            curve.append(acc)
+            trial.set_user_attr("curve", curve)
+            if self.stopper is None:
+                trial.report(acc, epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("epochs_run", epoch)
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            elif self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key]):
+                trial.set_user_attr("epochs_run", epoch)
+                raise optuna.TrialPruned(f"dominated at epoch {epoch}")
+
+        model.to(self.device)
+        try:
+            res = fit(model, train, val, cfg, teacher=self.teacher, temperature=self.kd_temperature,
+                      alpha=self.kd_alpha, on_epoch=on_epoch)
+        except TrainingDiverged as e:
+            trial.set_user_attr("fail_reason", f"diverged: {e}")
+            raise TrialFailed(str(e)) from None
+        except torch.OutOfMemoryError:
+            trial.set_user_attr("fail_reason", "out of memory")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise TrialFailed("out of memory") from None
+        trial.set_user_attr("val_acc", res.val_acc)
+        trial.set_user_attr("best_val_acc", res.best_val_acc)
+        trial.set_user_attr("epochs_run", len(res.history))
+        trial.set_user_attr("train_seconds", res.seconds)
+        if self.stopper is None:
+            return res.val_acc
+        return res.val_acc, own_cost[COST_OBJECTIVES[self.objectives[1]]]

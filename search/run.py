@@ -1,0 +1,140 @@
+"""CLI: `python -m search.run --budget-mflops 50` — search compact CNNs under hard budgets, retrain and save winners."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from archs.errors import UserError, run_cli
+from archs.units import parse_quantity
+
+from .space import SEARCHABLE_BLOCKS
+from .study import SearchConfig, run_search
+
+
+def _budget(name: str):
+    def parse(text: str) -> float:
+        try:
+            return parse_quantity(text, name)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        return parse_quantity(text, "value")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors on one line and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m search.run", description=(
+        "Search compact CNNs built from the edgenas catalog (Fire, depthwise-separable, inverted residual, low-rank, "
+        "plain conv) under hard budgets with Optuna, then retrain the winners and save them under OUT/STUDY/. "
+        "MFLOPs means million multiply-adds (MACs) exactly as fvcore's FlopCountAnalysis counts them."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("budgets (at least one; hard: no over-budget network is ever trained)")
+    g.add_argument("--budget-mflops", type=_budget("--budget-mflops"), help="max million multiply-adds (fvcore count)")
+    g.add_argument("--budget-params", type=_budget("--budget-params"),
+                   help="max trainable parameters; suffixes k/M accepted, e.g. 100k, 1.2M")
+    g.add_argument("--budget-latency-ms", type=_budget("--budget-latency-ms"),
+                   help="max median CPU latency at batch 1, in milliseconds, measured on this machine")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits",
+                   help="digits (embedded, no download), mnist, fashion-mnist, cifar10, svhn, or folder:PATH")
+    g.add_argument("--data-dir", default=None, help="where torchvision data sets live (default $EDGENAS_DATA_DIR or ./data)")
+    g.add_argument("--download", action="store_true", help="download torchvision data sets if missing")
+    g.add_argument("--image-size", type=int, default=None, help="resize folder:PATH images to this side length (px)")
+    g = p.add_argument_group("study")
+    g.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (whole study)")
+    g.add_argument("--timeout", type=_positive_float, default=None, help="stop starting trials after this many seconds")
+    g.add_argument("--epochs", type=int, default=15, help="training epochs per trial")
+    g.add_argument("--final-epochs", type=int, default=40, help="epochs to retrain each winner on train+validation")
+    g.add_argument("--batch-size", type=int, default=64, help="training batch size (images)")
+    g.add_argument("--lr", type=_positive_float, default=None, help="fixed learning rate (default: searched)")
+    g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
+    g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
+    g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
+    g.add_argument("--objectives", type=_list, default=["accuracy"],
+                   help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency")
+    g.add_argument("--space", type=_list, default=list(SEARCHABLE_BLOCKS),
+                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)}")
+    g.add_argument("--max-stages", type=int, default=4, help="most stages a network may have")
+    g.add_argument("--top-k", type=int, default=3, help="winners to retrain and test (single objective)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage URL (sqlite:///..., postgresql://user@host/db) or a journal file path; "
+                        "default: OUT/STUDY/study.db (optuna-dashboard opens it)")
+    g.add_argument("--study-name", default=None, help="study name and folder under --out (default: dataset-budget-time)")
+    g.add_argument("--resume", action="store_true", help="continue an existing study up to --trials finished trials")
+    g.add_argument("--seed", type=int, default=0, help="seed for the sampler, data split and training")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--out", default="results", help="output folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill-from", default=None, help="teacher model directory (spec.json + model.pt)")
+    g.add_argument("--temperature", type=_positive_float, default=4.0, help="distillation temperature T")
+    g.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the soft-target loss (0..1)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    if not 0 <= args.kd_alpha <= 1:
+        raise UserError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
+    return SearchConfig(
+        budget_mflops=args.budget_mflops, budget_params=args.budget_params, budget_latency_ms=args.budget_latency_ms,
+        dataset=args.dataset, data_dir=args.data_dir, download=args.download, image_size=args.image_size,
+        trials=args.trials, timeout=args.timeout, epochs=args.epochs, final_epochs=args.final_epochs,
+        batch_size=args.batch_size, sampler=args.sampler, pruner=args.pruner, objectives=args.objectives,
+        space=args.space, max_stages=args.max_stages, top_k=args.top_k, storage=args.storage,
+        study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
+        quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
+        lr=args.lr, weight_decay=args.weight_decay)
+
+
+def summary_table(result: dict) -> str:
+    """Top trials and winners as a readable table."""
+    from tabulate import tabulate
+
+    df = result["trials"]
+    lines = []
+    done = df[df["state"] == "COMPLETE"].sort_values("val_acc", ascending=False).head(5)
+    if len(done):
+        rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}", f"{r.latency_ms:.2f}",
+                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val_acc:.2f}"] for r in done.itertuples()]
+        lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", "latency ms", "budget used",
+                                             "val acc %"], tablefmt="github"))
+    states = df["state"].value_counts().to_dict() if len(df) else {}
+    lines.append("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
+    if result["winners"]:
+        rows = [[w["rank"], w["trial"], f"{w['mflops']:.4f}", f"{w['params']:,}", f"{w['latency_ms']:.2f}",
+                 f"{100 * w['val_acc']:.2f}" if w.get("val_acc") is not None else "-", f"{100 * w['test_acc']:.2f}",
+                 w["dir"]] for w in result["winners"]]
+        lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", "latency ms", "val acc %",
+                                             "test acc %", "saved to"], tablefmt="github"))
+    lines.append(f"study '{result['study']}' in {result['dir']} (trials.csv, config.json, study storage)")
+    return "\n\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    result = run_search(cfg)
+    print("\n" + summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, prog="python -m search.run")

@@ -1,0 +1,241 @@
+"""The search space: Optuna trial -> `NetSpec`, fitted to hard budgets by bisection on the analytic count.
+
+Structure (stages, block types, channels, repeats, strides, kernels, block arguments, resolution multiplier rho)
+is sampled; the width multiplier alpha is sampled as an upper bound and then shrunk by bisection on `estimate`
+until the network fits the MFLOPs and parameter budgets, so no trial is spent on an infeasible sample.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import optuna
+
+from archs import Cost, HeadSpec, NetSpec, StageSpec, StemSpec, estimate
+from archs.errors import SpecError, UserError
+from archs.units import format_quantity
+
+SEARCHABLE_BLOCKS = ("conv", "dws", "ir", "fire", "lowrank")
+
+
+@dataclass
+class Budget:
+    """Hard limits; None means unconstrained. MFLOPs = million multiply-adds as fvcore counts them."""
+
+    mflops: float | None = None
+    params: float | None = None
+    latency_ms: float | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.mflops, self.params, self.latency_ms))
+
+    def fits(self, cost: Cost) -> bool:
+        """True when the analytic cost is within the MFLOPs and parameter budgets."""
+        return ((self.mflops is None or cost.macs <= self.mflops * 1e6)
+                and (self.params is None or cost.params <= self.params))
+
+    def share(self, cost: Cost, latency_ms: float | None = None) -> float:
+        """Largest fraction of any budget used (1.0 = exactly at the limit)."""
+        shares = []
+        if self.mflops is not None:
+            shares.append(cost.macs / (self.mflops * 1e6))
+        if self.params is not None:
+            shares.append(cost.params / self.params)
+        if self.latency_ms is not None and latency_ms is not None:
+            shares.append(latency_ms / self.latency_ms)
+        return max(shares) if shares else float("nan")
+
+    def describe(self) -> str:
+        parts = []
+        if self.mflops is not None:
+            parts.append(f"{self.mflops:g} MFLOPs")
+        if self.params is not None:
+            parts.append(f"{format_quantity(self.params)} params")
+        if self.latency_ms is not None:
+            parts.append(f"{self.latency_ms:g} ms CPU latency")
+        return ", ".join(parts) or "no budget"
+
+
+@dataclass
+class SearchSpace:
+    """What the sampler may choose. Defaults suit small images (8-32 px); every range is editable."""
+
+    blocks: tuple[str, ...] = SEARCHABLE_BLOCKS
+    max_stages: int = 4
+    max_repeats: int = 3
+    channels: tuple[int, int] = (8, 128)        # per-stage channels before alpha, log-uniform
+    stem_channels: tuple[int, ...] = (8, 16, 24, 32)
+    kernels: tuple[int, ...] = (3, 5)
+    expand: tuple[float, ...] = (1, 2, 3, 4, 6)
+    se: tuple[float, ...] = (0.0, 0.25)
+    squeeze_ratio: tuple[float, ...] = (0.125, 0.25, 0.5)
+    pct3x3: tuple[float, ...] = (0.25, 0.5, 0.75)
+    rank_ratio: tuple[float, ...] = (0.25, 0.5, 0.75)
+    alpha: tuple[float, float] = (0.25, 2.0)
+    alpha_min: float = 0.05                     # bisection floor
+    rho: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0)
+    dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
+    divisor: int = 4
+    search_lr: bool = True
+    lr: tuple[float, float] = (1e-3, 1e-2)
+    weight_decay: tuple[float, float] = (1e-5, 1e-3)
+    min_feature: int = 2                        # do not downsample below this side length
+
+    def validate(self) -> "SearchSpace":
+        bad = [b for b in self.blocks if b not in SEARCHABLE_BLOCKS]
+        if bad or not self.blocks:
+            raise UserError(f"--space: unknown block type(s) {', '.join(bad) or '(none given)'}; "
+                            f"choose from {', '.join(SEARCHABLE_BLOCKS)}")
+        return self
+
+
+@dataclass
+class DataShape:
+    """What the network must accept and produce."""
+
+    in_chans: int
+    resolution: int
+    num_classes: int
+
+
+@dataclass
+class Candidate:
+    """A sampled network fitted to the budget, with the hyper-parameters sampled alongside it."""
+
+    spec: NetSpec
+    cost: Cost
+    hparams: dict[str, Any] = field(default_factory=dict)
+    alpha_sampled: float = 1.0
+
+
+def _stride_allowed(size: int, min_feature: int) -> bool:
+    return (size + 1) // 2 >= min_feature
+
+
+def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) -> tuple[NetSpec, float, dict]:
+    """Sample a network structure (alpha = 1) and the sampled alpha upper bound and training hyper-parameters."""
+    rho = trial.suggest_categorical("rho", list(space.rho))
+    size = max(1, int(round(shape.resolution * rho)))
+    stem_ch = trial.suggest_categorical("stem_channels", list(space.stem_channels))
+    stem_stride = 2 if size >= 64 else 1
+    size = (size + stem_stride - 1) // stem_stride
+    n_stages = trial.suggest_int("n_stages", 1, space.max_stages)
+    stages = []
+    for i in range(n_stages):
+        p = f"s{i}_"
+        block = trial.suggest_categorical(p + "block", list(space.blocks))
+        ch = trial.suggest_int(p + "channels", space.channels[0], space.channels[1], log=True)
+        repeats = trial.suggest_int(p + "repeats", 1, space.max_repeats)
+        down = trial.suggest_categorical(p + "downsample", [False, True])
+        stride = 2 if down and _stride_allowed(size, space.min_feature) else 1
+        size = (size + stride - 1) // stride
+        kernel = 3 if block == "fire" else trial.suggest_categorical(p + "kernel", list(space.kernels))
+        args: dict[str, Any] = {}
+        if block == "ir":
+            args["expand"] = trial.suggest_categorical(p + "expand", list(space.expand))
+            args["se"] = trial.suggest_categorical(p + "se", list(space.se))
+        elif block == "fire":
+            args["squeeze_ratio"] = trial.suggest_categorical(p + "squeeze_ratio", list(space.squeeze_ratio))
+            args["pct3x3"] = trial.suggest_categorical(p + "pct3x3", list(space.pct3x3))
+            args["bypass"] = trial.suggest_categorical(p + "bypass", [False, True])
+        elif block == "lowrank":
+            args["rank_ratio"] = trial.suggest_categorical(p + "rank_ratio", list(space.rank_ratio))
+        stages.append(StageSpec(block, ch, repeats, stride, kernel, args))
+    dropout = trial.suggest_categorical("dropout", list(space.dropout))
+    alpha = trial.suggest_float("alpha", space.alpha[0], space.alpha[1], log=True)
+    hp: dict[str, Any] = {}
+    if space.search_lr:
+        hp["lr"] = trial.suggest_float("lr", space.lr[0], space.lr[1], log=True)
+        hp["weight_decay"] = trial.suggest_float("weight_decay", space.weight_decay[0], space.weight_decay[1], log=True)
+    spec = NetSpec(num_classes=shape.num_classes, in_chans=shape.in_chans, resolution=shape.resolution, rho=rho,
+                   alpha=1.0, divisor=space.divisor, stem=StemSpec(stem_ch, 3, stem_stride), stages=stages,
+                   head=HeadSpec("pool", dropout=dropout))
+    return spec, alpha, hp
+
+
+def fit_alpha(spec: NetSpec, alpha_max: float, fits: Callable[[NetSpec], bool], alpha_min: float = 0.05,
+              steps: int = 24) -> NetSpec | None:
+    """Largest alpha in [alpha_min, alpha_max] whose network `fits`, by bisection; None if even alpha_min fails.
+
+    Channel rounding makes cost a step function of alpha that is non-decreasing, so bisection is exact up to
+    the final interval width.
+    """
+    top = replace(spec, alpha=alpha_max)
+    if fits(top):
+        return top
+    lo_spec = replace(spec, alpha=alpha_min)
+    if not fits(lo_spec):
+        return None
+    lo, hi = math.log(alpha_min), math.log(alpha_max)
+    best = lo_spec
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        cand = replace(spec, alpha=round(math.exp(mid), 4))
+        if fits(cand):
+            lo, best = mid, cand
+        else:
+            hi = mid
+    return best
+
+
+def analytic_fits(budget: Budget) -> Callable[[NetSpec], bool]:
+    def fits(spec: NetSpec) -> bool:
+        try:
+            return budget.fits(estimate(spec))
+        except SpecError:
+            return False
+    return fits
+
+
+def sample(trial: optuna.Trial, space: SearchSpace, shape: DataShape, budget: Budget) -> Candidate | None:
+    """Sample a candidate and fit it to the MFLOPs/params budgets (latency is checked by the caller)."""
+    spec, alpha, hp = sample_structure(trial, space, shape)
+    fitted = fit_alpha(spec, alpha, analytic_fits(budget), space.alpha_min)
+    if fitted is None:
+        return None
+    fitted = fitted.validate()
+    return Candidate(fitted, estimate(fitted), hp, alpha)
+
+
+def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cost]:
+    """The cheapest network the space can produce (one stage, narrowest, lowest rho, alpha at its floor)."""
+    best: tuple[NetSpec, Cost] | None = None
+    rho = min(space.rho)
+    for block in space.blocks:
+        args = {"ir": {"expand": min(space.expand), "se": 0.0},
+                "fire": {"squeeze_ratio": min(space.squeeze_ratio), "pct3x3": 0.5},
+                "lowrank": {"rank_ratio": min(space.rank_ratio)}}.get(block, {})
+        size = max(1, int(round(shape.resolution * rho)))
+        stem_stride = 2 if size >= 64 else 1
+        stride = 2 if _stride_allowed((size + stem_stride - 1) // stem_stride, space.min_feature) else 1
+        for k in (min(space.kernels),):
+            spec = NetSpec(num_classes=shape.num_classes, in_chans=shape.in_chans, resolution=shape.resolution,
+                           rho=rho, alpha=space.alpha_min, divisor=space.divisor,
+                           stem=StemSpec(min(space.stem_channels), 3, stem_stride),
+                           stages=[StageSpec(block, space.channels[0], 1, stride, 3 if block == "fire" else k, args)],
+                           head=HeadSpec("pool"))
+            try:
+                cost = estimate(spec)
+            except SpecError:
+                continue
+            if best is None or (cost.macs, cost.params) < (best[1].macs, best[1].params):
+                best = (spec, cost)
+    if best is None:
+        raise UserError("the search space cannot produce any network for this input size")
+    return best
+
+
+def check_feasible(space: SearchSpace, shape: DataShape, budget: Budget) -> tuple[NetSpec, Cost]:
+    """Fail at once, before any training, when no network in the space meets the budget."""
+    spec, cost = smallest_network(space, shape)
+    over = []
+    if budget.mflops is not None and cost.macs > budget.mflops * 1e6:
+        over.append(f"--budget-mflops {budget.mflops:g}")
+    if budget.params is not None and cost.params > budget.params:
+        over.append(f"--budget-params {format_quantity(budget.params)}")
+    if over:
+        raise UserError(f"impossible budget ({' and '.join(over)}): the smallest network in the search space costs "
+                        f"{cost.macs / 1e6:.4g} MFLOPs and {cost.params:,} params at {shape.in_chans}x"
+                        f"{spec.input_size}x{spec.input_size} input")
+    return spec, cost
