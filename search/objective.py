@@ -83,6 +83,7 @@ class Objective:
                            steps=24 if self.budget.latency_ms is None else 8)
         if fitted is None:
             trial.set_user_attr("fail_reason", "infeasible: over budget even at the smallest width")
+            trial.set_user_attr("infeasible", True)  # never trained; does not count towards --trials
             raise optuna.TrialPruned("no width multiplier fits the budget")
         spec = fitted.validate()
         cost = estimate(spec)

@@ -11,18 +11,10 @@ from .space import SEARCHABLE_BLOCKS
 from .study import SearchConfig, run_search
 
 
-def _budget(name: str):
-    def parse(text: str) -> float:
-        try:
-            return parse_quantity(text, name)
-        except UserError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    return parse
-
-
-def _positive_float(text: str) -> float:
+def _quantity(text: str) -> float:
+    """A positive finite number with optional k/M/G suffix, for argparse."""
     try:
-        return parse_quantity(text, "value")
+        return parse_quantity(text, "")
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -46,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "MFLOPs means million multiply-adds (MACs) exactly as fvcore's FlopCountAnalysis counts them."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("budgets (at least one; hard: no over-budget network is ever trained)")
-    g.add_argument("--budget-mflops", type=_budget("--budget-mflops"), help="max million multiply-adds (fvcore count)")
-    g.add_argument("--budget-params", type=_budget("--budget-params"),
+    g.add_argument("--budget-mflops", type=_quantity, help="max million multiply-adds (fvcore count)")
+    g.add_argument("--budget-params", type=_quantity,
                    help="max trainable parameters; suffixes k/M accepted, e.g. 100k, 1.2M")
-    g.add_argument("--budget-latency-ms", type=_budget("--budget-latency-ms"),
+    g.add_argument("--budget-latency-ms", type=_quantity,
                    help="max median CPU latency at batch 1, in milliseconds, measured on this machine")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
@@ -59,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=None, help="resize folder:PATH images to this side length (px)")
     g = p.add_argument_group("study")
     g.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (whole study)")
-    g.add_argument("--timeout", type=_positive_float, default=None, help="stop starting trials after this many seconds")
+    g.add_argument("--timeout", type=_quantity, default=None, help="stop starting trials after this many seconds")
     g.add_argument("--epochs", type=int, default=15, help="training epochs per trial")
     g.add_argument("--final-epochs", type=int, default=40, help="epochs to retrain each winner on train+validation")
-    g.add_argument("--batch-size", type=int, default=64, help="training batch size (images)")
-    g.add_argument("--lr", type=_positive_float, default=None, help="fixed learning rate (default: searched)")
+    g.add_argument("--batch-size", type=int, default=32, help="training batch size (images)")
+    g.add_argument("--lr", type=_quantity, default=None, help="fixed learning rate (default: searched)")
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
@@ -85,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=None, help="teacher model directory (spec.json + model.pt)")
-    g.add_argument("--temperature", type=_positive_float, default=4.0, help="distillation temperature T")
+    g.add_argument("--temperature", type=_quantity, default=4.0, help="distillation temperature T")
     g.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the soft-target loss (0..1)")
     return p
 

@@ -78,7 +78,7 @@ class SearchSpace:
     dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
     divisor: int = 4
     search_lr: bool = True
-    lr: tuple[float, float] = (1e-3, 1e-2)
+    lr: tuple[float, float] = (2e-3, 2e-2)
     weight_decay: tuple[float, float] = (1e-5, 1e-3)
     min_feature: int = 2                        # do not downsample below this side length
 

@@ -44,7 +44,7 @@ class SearchConfig:
     timeout: float | None = None
     epochs: int = 15
     final_epochs: int = 40
-    batch_size: int = 64
+    batch_size: int = 32
     sampler: str = "tpe"
     pruner: str = "median"
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])
@@ -183,7 +183,8 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
 
 
 def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that trained to the end or were pruned while training (infeasible samples are not counted)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get("infeasible"))
 
 
 def trial_line(t: FrozenTrial) -> str:
@@ -279,7 +280,8 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
     start = time.monotonic()
     attempts = 0
     try:
-        while finished_count(study) < cfg.trials and attempts < 3 * cfg.trials:
+        # infeasible samples cost microseconds and are not counted; diverged (FAIL) trials are not counted either
+        while finished_count(study) < cfg.trials and attempts < 20 * cfg.trials + 100:
             remaining_time = None if cfg.timeout is None else cfg.timeout - (time.monotonic() - start)
             if remaining_time is not None and remaining_time <= 0:
                 break

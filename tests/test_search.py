@@ -1,0 +1,150 @@
+"""End-to-end search on the embedded digits data: files, hard budgets, resume, winners, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from archs import build, count, estimate
+from archs.errors import UserError
+from archs.io import load_model_dir, load_state_dict
+from archs.spec import NetSpec
+from search.run import main
+from search.space import Budget, DataShape, SearchSpace, check_feasible, fit_alpha, analytic_fits, sample
+from training.data import load_data
+from training.loop import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--epochs", "1", "--final-epochs", "1", "--quiet", "--top-k", "2"]
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("results")
+    main(["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "3", "--study-name", "s1", "--out", str(out),
+          *FAST])
+    return out / "s1"
+
+
+def test_search_writes_files(study_dir: Path):
+    for f in ("config.json", "trials.csv", "study.db", "best/spec.json", "best/model.pt", "best/metrics.json",
+              "best/model.onnx", "top/2/spec.json"):
+        assert (study_dir / f).is_file(), f
+    cfg = json.loads((study_dir / "config.json").read_text())
+    assert cfg["budget_mflops"] == 0.05 and cfg["budget_params"] == 5000 and cfg["trials"] == 3
+    df = pd.read_csv(study_dir / "trials.csv")
+    trained = df[df["fail_reason"].isna()]
+    assert len(trained) == 3 and set(trained["state"]) == {"COMPLETE"}
+    skipped = df[df["fail_reason"].notna()]  # infeasible samples: pruned before training, not counted
+    assert set(skipped["state"]) <= {"PRUNED"} and skipped["fail_reason"].str.startswith("infeasible").all()
+    for col in ("number", "mflops", "params_count", "latency_ms", "budget_share", "val_acc", "spec", "param_alpha"):
+        assert col in df.columns
+    assert (trained["budget_share"] <= 1.0).all() and (trained["val_acc"].between(0, 1)).all()
+    metrics = json.loads((study_dir / "best/metrics.json").read_text())
+    assert metrics["onnx_max_abs_diff"] < 1e-4
+
+
+def test_every_trained_trial_is_within_budget_by_fvcore(study_dir: Path):
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{study_dir / 'study.db'}")
+    trained = [t for t in study.trials if "spec_json" in t.user_attrs]
+    assert len(trained) == 3
+    for t in trained:
+        spec = NetSpec.from_dict(t.user_attrs["spec_json"])
+        c = count(build(spec))
+        assert c.macs <= 0.05e6 and c.params <= 5000
+        assert c.macs == round(t.user_attrs["mflops"] * 1e6) and c.params == t.user_attrs["params_count"]
+
+
+def test_winner_reloads_and_reproduces_test_accuracy(study_dir: Path):
+    model, spec, metrics = load_model_dir(study_dir / "best")
+    data = load_data("digits", seed=0)
+    acc = evaluate(model, data.test.resized(spec.input_size))
+    assert acc == pytest.approx(metrics["test_acc"], abs=1e-9)
+    state = load_state_dict(study_dir / "best/model.pt")  # weights_only=True inside
+    assert set(state) == set(model.state_dict())
+
+
+def test_resume_adds_trials_to_same_study(study_dir: Path):
+    out = study_dir.parent
+    main(["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "5", "--study-name", "s1", "--out", str(out),
+          "--resume", *FAST])
+    df = pd.read_csv(study_dir / "trials.csv")
+    trained = df[df["fail_reason"].isna()]
+    assert len(trained) == 5 and df["number"].is_unique
+
+
+def test_existing_study_without_resume_is_refused(study_dir: Path):
+    with pytest.raises(UserError, match="already exists"):
+        main(["--budget-mflops", "0.05", "--trials", "1", "--study-name", "s1", "--out", str(study_dir.parent), *FAST])
+
+
+def test_pareto_search_saves_pareto_set(tmp_path: Path):
+    main(["--budget-mflops", "0.05", "--objectives", "accuracy,mflops", "--sampler", "nsga2", "--trials", "3",
+          "--study-name", "p", "--out", str(tmp_path), *FAST])
+    d = tmp_path / "p"
+    assert (d / "pareto/1/model.pt").is_file() and not (d / "best").exists()
+    df = pd.read_csv(d / "trials.csv")
+    assert {"value_0", "value_1"} <= set(df.columns)
+
+
+def test_diverging_trials_are_recorded_failed_and_study_goes_on(tmp_path: Path):
+    main(["--budget-mflops", "0.05", "--trials", "2", "--lr", "1e12", "--study-name", "nan", "--out", str(tmp_path),
+          *FAST])
+    df = pd.read_csv(tmp_path / "nan/trials.csv")
+    failed = df[df["state"] == "FAIL"]
+    assert len(failed) >= 1 and failed["fail_reason"].str.contains("diverged").all()
+
+
+def test_alpha_is_fitted_to_the_budget():
+    space, shape = SearchSpace(), DataShape(1, 8, 10)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    budget = Budget(mflops=0.02, params=1000)
+    for _ in range(40):
+        cand = sample(study.ask(), space, shape, budget)
+        if cand is not None:
+            assert cand.cost.macs <= 20_000 and cand.cost.params <= 1000
+            assert cand.cost == estimate(cand.spec)
+    # bisection finds the largest feasible alpha: one rounding step wider breaks the budget
+    spec = NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4,
+                   stages=[], head=NetSpec().head)
+    fitted = fit_alpha(spec, 4.0, analytic_fits(Budget(params=2000)))
+    assert estimate(fitted).params <= 2000
+
+
+def test_impossible_budget_fails_before_training():
+    with pytest.raises(UserError, match="smallest network"):
+        check_feasible(SearchSpace(), DataShape(1, 8, 10), Budget(mflops=1e-6))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget-mflops", "0.000001"], "smallest network"),
+    (["--budget-mflops", "abc"], "not a number"),
+    (["--budget-params", "1.2Q"], "not a number"),
+    (["--budget-mflops", "-1"], "must be positive"),
+    (["--budget-mflops", "nan"], "finite"),
+    (["--budget-params", "0"], "must be positive"),
+    ([], "at least one budget"),
+    (["--budget-mflops", "1", "--trials", "0"], "--trials"),
+    (["--budget-mflops", "1", "--epochs", "-1"], "--epochs"),
+    (["--budget-mflops", "1", "--dataset", "imagenet22k"], "imagenet22k"),
+    (["--budget-mflops", "1", "--study-name", "../escape"], "study-name"),
+    (["--budget-mflops", "1", "--objectives", "accuracy,speed"], "objectives"),
+    (["--budget-mflops", "1", "--space", "fire,transformer"], "transformer"),
+])
+def test_user_mistakes_give_one_line_errors(tmp_path: Path, args, needle):
+    r = run_cli(*args, "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert needle in lines[0]
+    assert not any(tmp_path.iterdir()), "a rejected command must not create results"
