@@ -7,7 +7,7 @@ import sys
 from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 
-from .space import SEARCHABLE_BLOCKS
+from .space import SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
 
 
@@ -17,6 +17,13 @@ def _quantity(text: str) -> float:
         return parse_quantity(text, "")
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def _list(text: str) -> list[str]:
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--space", type=_list, default=list(SEARCHABLE_BLOCKS),
                    help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)}")
     g.add_argument("--max-stages", type=int, default=4, help="most stages a network may have")
+    g.add_argument("--rho", type=_floats, default=list(SearchSpace().rho),
+                   help="resolution multipliers the search may choose (input side = round(native px * rho))")
     g.add_argument("--top-k", type=int, default=3, help="winners to retrain and test (single objective)")
     g.add_argument("--storage", default=None,
                    help="Optuna storage URL (sqlite:///..., postgresql://user@host/db) or a journal file path; "
@@ -90,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         dataset=args.dataset, data_dir=args.data_dir, download=args.download, image_size=args.image_size,
         trials=args.trials, timeout=args.timeout, epochs=args.epochs, final_epochs=args.final_epochs,
         batch_size=args.batch_size, sampler=args.sampler, pruner=args.pruner, objectives=args.objectives,
-        space=args.space, max_stages=args.max_stages, top_k=args.top_k, storage=args.storage,
+        space=args.space, max_stages=args.max_stages, rho=args.rho, top_k=args.top_k, storage=args.storage,
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay)

@@ -50,6 +50,7 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])
     space: list[str] = field(default_factory=lambda: list(SearchSpace().blocks))
     max_stages: int = 4
+    rho: list[float] = field(default_factory=lambda: list(SearchSpace().rho))
     top_k: int = 3
     storage: str | None = None
     study_name: str | None = None
@@ -92,6 +93,8 @@ class SearchConfig:
             raise UserError(f"--objectives must be 'accuracy' or 'accuracy,COST' with COST in mflops, params, "
                             f"latency; got {','.join(obj)!r}")
         SearchSpace(blocks=tuple(self.space)).validate()
+        if not self.rho or any(not (isinstance(r, (int, float)) and 0 < r <= 8) for r in self.rho):
+            raise UserError(f"--rho needs resolution multipliers in (0, 8], got {self.rho!r}")
         if self.study_name is not None and not _NAME_RE.match(self.study_name):
             raise UserError(f"--study-name {self.study_name!r} must be letters, digits, '.', '_' or '-' (no path "
                             "separators or '..'), at most 128 characters")
@@ -232,7 +235,7 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
         cfg.study_name = default_study_name(cfg)
     device = resolve_device(cfg.device)
     data = data or load_data(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, image_size=cfg.image_size)
-    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages)
+    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho))
     if cfg.lr is not None or cfg.weight_decay is not None:
         space.search_lr = False
     shape = DataShape(data.in_chans, data.resolution, data.num_classes)
