@@ -76,6 +76,8 @@ class SearchSpace:
     alpha_min: float = 0.05                     # bisection floor
     rho: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0)
     dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
+    downsample: tuple[str, ...] = ("none", "stride", "maxpool")  # how a stage may halve the feature map
+    heads: tuple[str, ...] = ("pool", "flatten")
     divisor: int = 4
     search_lr: bool = True
     lr: tuple[float, float] = (2e-3, 2e-2)
@@ -127,9 +129,14 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
         block = trial.suggest_categorical(p + "block", list(space.blocks))
         ch = trial.suggest_int(p + "channels", space.channels[0], space.channels[1], log=True)
         repeats = trial.suggest_int(p + "repeats", 1, space.max_repeats)
-        down = trial.suggest_categorical(p + "downsample", [False, True])
-        stride = 2 if down and _stride_allowed(size, space.min_feature) else 1
-        size = (size + stride - 1) // stride
+        down = trial.suggest_categorical(p + "downsample", list(space.downsample))
+        stride = 1
+        if down != "none" and _stride_allowed(size, space.min_feature):
+            size = (size + 1) // 2
+            if down == "stride":
+                stride = 2
+            else:  # 3x3/2 max pool (padding 1) before the block: ceil(size / 2) like a stride-2 conv
+                stages.append(StageSpec("maxpool", kernel=3, stride=2, args={"padding": 1}))
         kernel = 3 if block == "fire" else trial.suggest_categorical(p + "kernel", list(space.kernels))
         args: dict[str, Any] = {}
         if block == "ir":
@@ -142,6 +149,7 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
         elif block == "lowrank":
             args["rank_ratio"] = trial.suggest_categorical(p + "rank_ratio", list(space.rank_ratio))
         stages.append(StageSpec(block, ch, repeats, stride, kernel, args))
+    head = trial.suggest_categorical("head", list(space.heads))
     dropout = trial.suggest_categorical("dropout", list(space.dropout))
     alpha = trial.suggest_float("alpha", space.alpha[0], space.alpha[1], log=True)
     hp: dict[str, Any] = {}
@@ -150,7 +158,7 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
         hp["weight_decay"] = trial.suggest_float("weight_decay", space.weight_decay[0], space.weight_decay[1], log=True)
     spec = NetSpec(num_classes=shape.num_classes, in_chans=shape.in_chans, resolution=shape.resolution, rho=rho,
                    alpha=1.0, divisor=space.divisor, stem=StemSpec(stem_ch, 3, stem_stride), stages=stages,
-                   head=HeadSpec("pool", dropout=dropout))
+                   head=HeadSpec(head, dropout=dropout))
     return spec, alpha, hp
 
 

@@ -1,0 +1,158 @@
+"""Search quality on digits under a tight budget: TPE vs random search vs hand-designed baselines fitted to the budget.
+
+Every method gets the same number of trials and epochs per trial, on the same data split, for each seed:
+- TPE / random: the full architecture search (`search.run_search`) at the native 8x8 resolution (rho = 1).
+- Baselines: a fixed hand-designed architecture (LeNet-style, MobileNetV1-style, SqueezeNet-style) whose width
+  multiplier alpha is fitted to the budget by the same bisection the search uses; its trials tune learning rate
+  and weight decay with TPE (the search samples these too), so trial budgets are equal.
+The best trial by validation accuracy of each method is retrained on train+val for --final-epochs and tested once.
+
+    python benchmarks/search_quality.py --seeds 0 1 2 --trials 20 --epochs 15
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
+from search.space import Budget, analytic_fits, fit_alpha  # noqa: E402
+from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
+from training.data import load_data  # noqa: E402
+from training.loop import TrainConfig, evaluate, fit  # noqa: E402
+
+
+def baselines(divisor: int) -> dict[str, NetSpec]:
+    """Hand-designed 8x8 networks before width fitting (alpha = 1)."""
+    common = dict(num_classes=10, in_chans=1, resolution=8, divisor=divisor)
+    return {
+        "lenet-style conv": NetSpec(**common, norm=True, stem=StemSpec(8, 3, 1),
+                                    stages=[StageSpec("maxpool", kernel=2, stride=2), StageSpec("conv", 16, kernel=3),
+                                            StageSpec("maxpool", kernel=2, stride=2)],
+                                    head=HeadSpec("flatten")),
+        "mobilenetv1-style (alpha fitted)": NetSpec(**common, stem=StemSpec(32, 3, 1),
+                                                    stages=[StageSpec("dws", 64), StageSpec("dws", 128, stride=2),
+                                                            StageSpec("dws", 128), StageSpec("dws", 256, stride=2),
+                                                            StageSpec("dws", 256)], head=HeadSpec("pool")),
+        "squeezenet-style fire (alpha fitted)": NetSpec(**common, stem=StemSpec(64, 3, 1),
+                                                        stages=[StageSpec("fire", 128, 2),
+                                                                StageSpec("maxpool", kernel=3, stride=2,
+                                                                          args={"ceil_mode": True}),
+                                                                StageSpec("fire", 256, 2)],
+                                                        head=HeadSpec("conv")),
+    }
+
+
+def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
+                 batch_size: int) -> dict:
+    fitted = fit_alpha(spec, 4.0, analytic_fits(budget), alpha_min=0.02)
+    if fitted is None:
+        return {"feasible": False}
+    cost = estimate(fitted)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 2e-3, 2e-2, log=True)
+        wd = trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True)
+        model = build(fitted)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd, augment=data.augment,
+                          seed=seed + trial.number)
+        return fit(model, data.train, data.val, cfg).val_acc
+
+    study.optimize(objective, n_trials=trials)
+    best = study.best_trial
+    model = build(fitted)
+    fit(model, data.trainval(), None, TrainConfig(epochs=final_epochs, batch_size=batch_size, augment=data.augment,
+                                                   seed=seed + best.number, **best.params))
+    fv = count(model)
+    return {"feasible": True, "spec": fitted.to_string(), "best_val": best.value, "test": evaluate(model, data.test),
+            "over_budget_share": 0.0 if budget.fits(cost) else 1.0, "mean_budget_use": budget.share(cost),
+            "fvcore_macs": fv.macs, "params": fv.params}
+
+
+def run_searcher(sampler: str, budget: Budget, trials: int, epochs: int, final_epochs: int, seed: int,
+                 batch_size: int, out: str) -> dict:
+    cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
+                       epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
+                       pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
+                       study_name=f"{sampler}-seed{seed}", device="cpu")
+    res = run_search(cfg)
+    df = res["trials"]
+    trained = df[df["val_acc"].notna()]
+    w = res["winners"][0]
+    over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
+    return {"feasible": True, "spec": w["spec"], "best_val": float(trained["val_acc"].max()), "test": w["test_acc"],
+            "over_budget_share": float(over.mean()), "mean_budget_use": float(trained["budget_share"].mean()),
+            "fvcore_macs": w["macs"], "params": w["params"],
+            "infeasible_samples": int((df["fail_reason"].fillna("").str.startswith("infeasible")).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget-mflops", type=float, default=0.02, help="million multiply-adds (fvcore)")
+    ap.add_argument("--budget-params", type=float, default=1000)
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--final-epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny nets)")
+    ap.add_argument("--json", default=str(ROOT / "results/benchmarks/search_quality.json"))
+    args = ap.parse_args()
+    quiet_library_warnings()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(args.threads)
+    budget = Budget(mflops=args.budget_mflops, params=args.budget_params)
+    runs: dict[str, list[dict]] = {}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as out:
+        for seed in args.seeds:
+            data = load_data("digits", seed=seed)
+            for sampler in ("tpe", "random"):
+                r = run_searcher(sampler, budget, args.trials, args.epochs, args.final_epochs, seed, args.batch_size, out)
+                runs.setdefault(f"search ({sampler})", []).append(r)
+                print(f"seed {seed} {sampler:>6}: val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  "
+                      f"{r['spec']}  [{time.time() - t0:.0f}s]", flush=True)
+            for name, spec in baselines(divisor=4).items():
+                r = run_baseline(spec, budget, data, args.trials, args.epochs, args.final_epochs, seed, args.batch_size)
+                runs.setdefault(name, []).append(r)
+                msg = "infeasible" if not r["feasible"] else \
+                    f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
+                print(f"seed {seed} {name}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
+    rows, summary = [], {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if r["feasible"]]
+        if not ok:
+            rows.append([name, "infeasible", "", "", "", ""])
+            continue
+        s = {k: statistics.mean(r[k] for r in ok) for k in ("best_val", "test", "over_budget_share", "mean_budget_use")}
+        s["test_per_seed"] = [r["test"] for r in ok]
+        s["val_per_seed"] = [r["best_val"] for r in ok]
+        summary[name] = s
+        rows.append([name, f"{100 * s['best_val']:.2f}", f"{100 * s['test']:.2f}",
+                     " / ".join(f"{100 * v:.1f}" for v in s["test_per_seed"]),
+                     f"{100 * s['over_budget_share']:.0f}%", f"{100 * s['mean_budget_use']:.0f}%"])
+    print(f"\nDigits 8x8, budget {args.budget_mflops:g} MFLOPs (million multiply-adds, fvcore) and "
+          f"{args.budget_params:g} params; {args.trials} trials x {args.epochs} epochs per method, final retrain "
+          f"{args.final_epochs} epochs; mean over seeds {args.seeds}")
+    print(tabulate(rows, headers=["method", "best val acc %", "test acc %", "test per seed %",
+                                  "trials over budget", "mean budget use"], tablefmt="github"))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"config": vars(args), "summary": summary, "runs": runs,
+                                           "seconds": time.time() - t0}, indent=2))
+    print(f"\nwrote {args.json} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
