@@ -101,7 +101,7 @@ class NetSpec:
     stem: StemSpec = field(default_factory=StemSpec)
     stages: list[StageSpec] = field(default_factory=list)
     head: HeadSpec = field(default_factory=HeadSpec)
-    name: str = ""
+    name: str = field(default="", compare=False)  # label only; not part of the architecture
 
     # ----- derived quantities -------------------------------------------------------------
     @property
@@ -229,7 +229,7 @@ class NetSpec:
         return cls.from_dict(d)
 
     def to_string(self) -> str:
-        """Compact one-line form, e.g. `c10_i1_r8_a1.0_p1.0 | stem16k3s1 | ir24k3s2n2_expand6 | head:pool`."""
+        """Compact one-line form, e.g. `c10_i1_r8_a1.0_p1.0_d8_relu | stem16k3s1 | ir24k3s2n2(expand=6) | head:pool`."""
         return spec_to_string(self)
 
     @classmethod
@@ -287,7 +287,8 @@ def _check_block_args(s: StageSpec, where: str) -> None:
 
 
 # ----- one-line string form ---------------------------------------------------------------------
-_STAGE_RE = re.compile(r"^(?P<block>[a-z]+)(?P<ch>\d+)?k(?P<k>\d+)s(?P<s>\d+)(?:n(?P<n>\d+))?(?P<fixed>!)?(?P<args>(?:_.+)?)$")
+_STAGE_RE = re.compile(r"^(?P<block>[a-z]+)(?P<ch>\d+)?k(?P<k>\d+)s(?P<s>\d+)(?:n(?P<n>\d+))?(?P<fixed>!)?"
+                       r"(?:\((?P<args>[^()]*)\))?$")
 
 
 def _fmt(v: Any) -> str:
@@ -323,8 +324,8 @@ def spec_to_string(spec: NetSpec) -> str:
             t += f"n{s.repeats}"
         if not s.scale:
             t += "!"
-        for k in sorted(s.args):
-            t += f"_{k}{_fmt(s.args[k])}"
+        if s.args:
+            t += "(" + ",".join(f"{k}={_fmt(s.args[k])}" for k in sorted(s.args)) + ")"
         parts.append(t)
     h = f"head:{spec.head.kind}"
     if spec.head.hidden:
@@ -362,11 +363,11 @@ def spec_from_string(text: str) -> NetSpec:
         if not m:
             raise SpecError(f"spec string: cannot read stage {p!r}")
         args = {}
-        for tok in filter(None, m["args"].split("_")):
-            km = re.match(r"^([a-z_0-9]*?[a-z])(-?[\dTF.e+-]+)$", tok)
-            if not km:
-                raise SpecError(f"spec string: cannot read argument {tok!r} in {p!r}")
-            args[km[1]] = _parse_val(km[2])
+        for tok in filter(None, (m["args"] or "").split(",")):
+            key, eq, val = tok.partition("=")
+            if not eq or not key.strip():
+                raise SpecError(f"spec string: cannot read argument {tok!r} in {p!r} (expected name=value)")
+            args[key.strip()] = _parse_val(val.strip())
         stages.append({"block": m["block"], "channels": int(m["ch"] or 0), "kernel": int(m["k"]), "stride": int(m["s"]),
                        "repeats": int(m["n"] or 1), "scale": not m["fixed"], "args": args})
     d["stages"] = stages
