@@ -28,7 +28,7 @@ from torch.nn.utils import prune as tprune
 from archs.errors import UserError
 
 __all__ = ["METHODS", "MASK_METHODS", "prunable_layers", "classifier_layer", "compute_masks", "apply_masks",
-           "make_permanent", "prune_masks", "prune_channels", "ChannelPruner", "prune", "iterative_prune",
+           "make_permanent", "prune_masks", "prune_channels", "ChannelPruner", "prune", "iterative_prune", "step_amount",
            "nonzero_params", "sparsity", "layer_sparsity", "has_masks", "check_ratio"]
 
 MASK_METHODS = ("magnitude", "global", "threshold", "l1", "l2")
@@ -294,10 +294,21 @@ def prune(model: nn.Module, amount: float, method: str = "magnitude", input_shap
     return prune_masks(model, amount, method)
 
 
+def step_amount(method: str, amount: float, i: int, steps: int) -> float:
+    """Amount reached after step i of `steps`. Ratio mask methods shrink the *remaining* weights geometrically
+    (keep (1 - amount)^(i / steps): every step removes the same share of what is left, as in Han et al.'s
+    iterative pruning); the threshold quality q and channel ratios grow linearly."""
+    if i >= steps:
+        return float(amount)
+    if method in ("magnitude", "global", "l1", "l2"):
+        return 1.0 - (1.0 - amount) ** (i / steps)
+    return amount * i / steps
+
+
 def iterative_prune(model: nn.Module, amount: float, method: str, steps: int,
                     finetune: Callable[[nn.Module], float], baseline_val: float, max_drop: float | None = None,
                     input_shape=None, importance: str = "l1", on_step: Callable[[dict], None] | None = None):
-    """prune -> fine-tune -> prune ... in `steps` steps to `amount`, stopping before validation accuracy falls more
+    """prune -> fine-tune -> prune ... in `steps` steps to `amount` (schedule: `step_amount`), stopping before validation accuracy falls more
     than `max_drop` points (percentage points) below `baseline_val`.
 
     `finetune(model) -> val_acc` fine-tunes the model in place (masks stay applied) and returns validation
@@ -313,7 +324,7 @@ def iterative_prune(model: nn.Module, amount: float, method: str, steps: int,
     best = copy.deepcopy(model)
     pruner = ChannelPruner(model, amount, input_shape, importance, steps) if method == "channels" else None
     for i in range(1, steps + 1):
-        target = amount * i / steps
+        target = step_amount(method, amount, i, steps)
         if pruner is not None:
             pruner.step()
         else:

@@ -12,7 +12,7 @@ from archs import HeadSpec, NetSpec, StageSpec, StemSpec
 from archs.errors import UserError
 from compress.prune import (ChannelPruner, check_ratio, classifier_layer, compute_masks, has_masks, iterative_prune,
                             layer_sparsity, make_permanent, nonzero_params, prune, prune_channels, prune_masks,
-                            prunable_layers, sparsity)
+                            prunable_layers, sparsity, step_amount)
 from compress.stages import load_model, save_stage_model, structure_changed
 from training import TrainConfig, evaluate, fit, load_data
 
@@ -227,7 +227,9 @@ def test_iterative_stops_before_the_drop_limit_and_undoes_the_last_step():
 
     model, hist = iterative_prune(m, 0.8, "magnitude", 4, ft, baseline_val=0.955, max_drop=2.0)
     assert [h["accepted"] for h in hist] == [True, True, False]
-    assert sparsity(model) == pytest.approx(0.4, abs=0.01)  # step 2 of 4 reached 0.8 * 2 / 4
+    # step 2 of 4 kept (1 - 0.8) ** (2 / 4) of the weights: the geometric schedule of the remaining weights
+    assert sparsity(model) == pytest.approx(1 - 0.2 ** 0.5, abs=0.01)
+    assert step_amount("magnitude", 0.8, 4, 4) == 0.8 and step_amount("channels", 0.6, 1, 3) == pytest.approx(0.2)
     assert not has_masks(model)
 
 
