@@ -6,6 +6,7 @@ from torch import nn
 
 from .blocks import (BasicResidual, ConvBNAct, DepthwiseSeparable, Fire, InvertedResidual, LowRankConvBNAct,
                      make_act)
+from .errors import SpecError
 from .plan import Block, resolve
 from .spec import NetSpec
 
@@ -32,6 +33,8 @@ def build(spec: NetSpec | dict | str) -> Net:
         spec = NetSpec.from_dict(spec)
     elif isinstance(spec, str):
         spec = NetSpec.from_json(spec) if spec.lstrip().startswith("{") else NetSpec.from_string(spec)
+    elif not isinstance(spec, NetSpec):
+        raise SpecError(f"build() needs a NetSpec, its JSON dict or its string form, got {type(spec).__name__}")
     return Net(spec)
 
 

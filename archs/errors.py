@@ -14,7 +14,8 @@ class SpecError(UserError, ValueError):
     """A `NetSpec` that cannot describe a network."""
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@\s]*)@")
+# The password runs to the last '@' of the URL: an unencoded '@' in it must not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>\S*)@")
 
 
 def mask_secrets(text: str) -> str:

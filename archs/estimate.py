@@ -25,57 +25,51 @@ class Cost:
         return self.macs / 1e6
 
 
-def _conv(cin: int, cout: int, kh: int, kw: int, ho: int, wo: int, groups: int = 1, bias: bool = False,
-          norm: bool = False) -> tuple[int, int]:
-    macs = cout * ho * wo * (cin // groups) * kh * kw
-    params = cout * (cin // groups) * kh * kw + (cout if bias else 0)
-    if norm:
-        macs += 2 * cout * ho * wo
-        params += 2 * cout
-    return macs, params
-
-
 def block_cost(b: Block, norm: bool) -> tuple[int, int]:
-    """(MACs, params) of one resolved block."""
-    k, ho, wo, x = b.kernel, b.h_out, b.w_out, b.extra
-    bias = not norm
-    if b.kind == "conv":
-        return _conv(b.in_ch, b.out_ch, k, k, ho, wo, x["groups"], bias, norm)
-    if b.kind == "dws":
-        m1, p1 = _conv(b.in_ch, b.in_ch, k, k, ho, wo, b.in_ch, bias, norm)
-        m2, p2 = _conv(b.in_ch, b.out_ch, 1, 1, ho, wo, 1, bias, norm)
-        return m1 + m2, p1 + p2
-    if b.kind == "ir":
+    """(MACs, params) of one resolved block.
+
+    A conv costs out_ch * H_out * W_out * (in_ch / groups) * kh * kw MACs and as many weights. Every conv except
+    LowRank's first factor carries BN (2 MACs per output element, 2 parameters per channel) or, without norm,
+    a bias (1 parameter per channel, no MACs in fvcore's count). Written out inline: this is `estimate`'s hot loop.
+    """
+    kind, k, cin, cout = b.kind, b.kernel, b.in_ch, b.out_ch
+    hw = b.h_out * b.w_out
+    mb, pb = (2, 2) if norm else (0, 1)  # per output element MACs, per output channel params of BN or bias
+    x = b.extra
+    if kind == "conv":
+        kk = cin // x["groups"] * k * k
+        return cout * hw * (kk + mb), cout * (kk + pb)
+    if kind == "dws":
+        kk = k * k
+        return cin * hw * (kk + mb) + cout * hw * (cin + mb), cin * (kk + pb) + cout * (cin + pb)
+    if kind == "ir":
         hid = x["hidden"]
-        m = p = 0
+        kk = k * k
+        m = hid * hw * (kk + mb) + cout * hw * (hid + mb)
+        p = hid * (kk + pb) + cout * (hid + pb)
         if x["expand"] != 1:
-            m, p = _conv(b.in_ch, hid, 1, 1, b.h_in, b.w_in, 1, bias, norm)
-        m2, p2 = _conv(hid, hid, k, k, ho, wo, hid, bias, norm)
-        m3, p3 = _conv(hid, b.out_ch, 1, 1, ho, wo, 1, bias, norm)
-        m, p = m + m2 + m3, p + p2 + p3
+            m += hid * b.h_in * b.w_in * (cin + mb)
+            p += hid * (cin + pb)
         if x["se"]:
             r = x["se_ch"]
-            m += hid * ho * wo + 2 * hid * r  # pool + two 1x1 convs on a 1x1 map
+            m += hid * hw + 2 * hid * r  # pool + two 1x1 convs on a 1x1 map
             p += hid * r + r + r * hid + hid
         return m, p
-    if b.kind == "fire":
+    if kind == "fire":
         sq, e1, e3 = x["squeeze"], x["e1"], x["e3"]
-        m1, p1 = _conv(b.in_ch, sq, 1, 1, b.h_in, b.w_in, 1, bias, norm)
-        m2, p2 = _conv(sq, e1, 1, 1, ho, wo, 1, bias, norm)
-        m3, p3 = _conv(sq, e3, 3, 3, ho, wo, 1, bias, norm)
-        return m1 + m2 + m3, p1 + p2 + p3
-    if b.kind == "lowrank":
+        m = sq * b.h_in * b.w_in * (cin + mb) + e1 * hw * (sq + mb) + e3 * hw * (9 * sq + mb)
+        return m, sq * (cin + pb) + e1 * (sq + pb) + e3 * (9 * sq + pb)
+    if kind == "lowrank":
         r = x["rank"]
-        m1, p1 = _conv(b.in_ch, r, k, 1, ho, b.w_in, 1, False, False)      # kx1, stride on height only
-        m2, p2 = _conv(r, b.out_ch, 1, k, ho, wo, 1, bias, norm)          # 1xk, stride on width
-        return m1 + m2, p1 + p2
-    if b.kind == "basic":
-        m1, p1 = _conv(b.in_ch, b.out_ch, k, k, ho, wo, 1, bias, norm)
-        m2, p2 = _conv(b.out_ch, b.out_ch, k, k, ho, wo, 1, bias, norm)
-        m, p = m1 + m2, p1 + p2
-        if x["shortcut"] == "B" and (b.stride != 1 or b.in_ch != b.out_ch):
-            m3, p3 = _conv(b.in_ch, b.out_ch, 1, 1, ho, wo, 1, bias, norm)
-            m, p = m + m3, p + p3
+        # kx1 to r channels (stride on height only, no bias, no norm), then 1xk (stride on width) + BN/bias
+        return r * b.h_out * b.w_in * cin * k + cout * hw * (r * k + mb), r * cin * k + cout * (r * k + pb)
+    if kind == "basic":
+        kk = k * k
+        m = cout * hw * (cin * kk + mb) + cout * hw * (cout * kk + mb)
+        p = cout * (cin * kk + pb) + cout * (cout * kk + pb)
+        if x["shortcut"] == "B" and (b.stride != 1 or cin != cout):
+            m += cout * hw * (cin + mb)
+            p += cout * (cin + pb)
         return m, p
     return 0, 0  # max/avg pooling: no MACs in fvcore's count, no parameters
 
@@ -84,8 +78,9 @@ def estimate(spec: NetSpec) -> Cost:
     """Exact fvcore MACs and parameter count of `build(spec)` at `spec.input_shape`, without building it."""
     plan = resolve(spec)
     macs = params = 0
+    norm = spec.norm
     for b in plan.blocks:
-        m, p = block_cost(b, spec.norm)
+        m, p = block_cost(b, norm)
         macs += m
         params += p
     for kind, cin, cout in plan.head:

@@ -71,68 +71,80 @@ def _spatial(where: str, h: int, w: int, k: int, s: int, p: int) -> tuple[int, i
 
 
 def resolve(spec: NetSpec) -> Plan:
-    """Concrete blocks of `spec` at its input size. Raises SpecError when the feature map vanishes."""
+    """Concrete blocks of `spec` at its input size. Raises SpecError when the feature map vanishes.
+
+    Hot path of `estimate` (the search screens thousands of candidates): stage-constant arguments are looked up
+    once per stage and the output-size arithmetic is inlined; `conv_out`/`pool_out` define the same rules.
+    """
     h = w = spec.input_size
     c = spec.in_chans
     blocks: list[Block] = []
+    add = blocks.append
     st = spec.stem
     if st.channels:
         p = st.kernel // 2 if st.padding is None else st.padding
         out = spec.ch(st.channels)
         ho, wo = _spatial("stem", h, w, st.kernel, st.stride, p)
-        blocks.append(Block("conv", c, out, st.kernel, st.stride, h, w, ho, wo, {"padding": p, "groups": 1}))
+        add(Block("conv", c, out, st.kernel, st.stride, h, w, ho, wo, {"padding": p, "groups": 1}))
         c, h, w = out, ho, wo
     for i, s in enumerate(spec.stages):
-        where = f"stages[{i}]"
         kind = s.block
+        k = s.kernel
         if kind in POOL_BLOCKS:
             p = s.arg("padding")
             cm = bool(s.arg("ceil_mode")) if kind == "maxpool" else False
             for r in range(s.repeats):
-                ho, wo = pool_out(h, s.kernel, s.stride, p, cm), pool_out(w, s.kernel, s.stride, p, cm)
+                ho, wo = pool_out(h, k, s.stride, p, cm), pool_out(w, k, s.stride, p, cm)
                 if ho < 1 or wo < 1:
-                    raise SpecError(f"{where}: a {h}x{w} feature map is too small for {kind} kernel {s.kernel}")
-                blocks.append(Block(kind, c, c, s.kernel, s.stride, h, w, ho, wo, {"padding": p, "ceil_mode": cm}))
+                    raise SpecError(f"stages[{i}]: a {h}x{w} feature map is too small for {kind} kernel {k}")
+                add(Block(kind, c, c, k, s.stride, h, w, ho, wo, {"padding": p, "ceil_mode": cm}))
                 h, w = ho, wo
             continue
         out = spec.ch(s.channels, s.scale)
+        args = s.args
+        p = k // 2
+        if kind == "conv":
+            p = args.get("padding", p)
+            g = args.get("groups", 1)
+        elif kind == "fire":
+            p = 1  # the 3x3 expand; the 1x1 expand has padding 0 and the same output size
+            k = 3
+            e3 = max(1, int(round(out * s.arg("pct3x3"))))
+            e1 = out - e3
+            if e1 < 1:
+                raise SpecError(f"stages[{i}]: a Fire module needs at least 2 output channels, got {out}")
+            sq = max(1, int(round(out * s.arg("squeeze_ratio"))))
+            bypass = bool(s.arg("bypass"))
+        elif kind == "ir":
+            expand, se = s.arg("expand"), s.arg("se")
+        elif kind == "lowrank":
+            rank_ratio = s.arg("rank_ratio")
+        elif kind == "basic":
+            shortcut = s.arg("shortcut")
         for r in range(s.repeats):
             stride = s.stride if r == 0 else 1
-            extra: dict[str, Any] = {}
-            k = s.kernel
             if kind == "conv":
-                p = s.args.get("padding", k // 2)
-                g = s.args.get("groups", 1)
                 if c % g or out % g:
-                    raise SpecError(f"{where}: groups={g} must divide in channels {c} and out channels {out}")
+                    raise SpecError(f"stages[{i}]: groups={g} must divide in channels {c} and out channels {out}")
                 extra = {"padding": p, "groups": g}
-            elif kind == "fire":
-                p = 1  # the 3x3 expand; the 1x1 expand has padding 0 and the same output size
-                k = 3
-                e3 = max(1, int(round(out * s.arg("pct3x3"))))
-                e1 = out - e3
-                if e1 < 1:
-                    raise SpecError(f"{where}: a Fire module needs at least 2 output channels, got {out}")
-                sq = max(1, int(round(out * s.arg("squeeze_ratio"))))
-                extra = {"squeeze": sq, "e1": e1, "e3": e3, "bypass": bool(s.arg("bypass"))}
             elif kind == "ir":
-                p = k // 2
-                hidden = ir_hidden(c, s.arg("expand"))
-                se = s.arg("se")
-                extra = {"expand": s.arg("expand"), "hidden": hidden, "se": se,
-                         "se_ch": se_channels(hidden, se) if se else 0}
+                hidden = ir_hidden(c, expand)
+                extra = {"expand": expand, "hidden": hidden, "se": se, "se_ch": se_channels(hidden, se) if se else 0}
+            elif kind == "fire":
+                extra = {"squeeze": sq, "e1": e1, "e3": e3, "bypass": bypass}
             elif kind == "lowrank":
-                p = k // 2
-                extra = {"rank": max(1, int(round(s.arg("rank_ratio") * min(c, out))))}
+                extra = {"rank": max(1, int(round(rank_ratio * min(c, out))))}
             elif kind == "basic":
-                p = k // 2
-                if s.arg("shortcut") == "A" and (stride != 1 or c != out) and out < c:
-                    raise SpecError(f"{where}: shortcut 'A' cannot reduce channels ({c} -> {out}); use 'B'")
-                extra = {"shortcut": s.arg("shortcut")}
+                if shortcut == "A" and (stride != 1 or c != out) and out < c:
+                    raise SpecError(f"stages[{i}]: shortcut 'A' cannot reduce channels ({c} -> {out}); use 'B'")
+                extra = {"shortcut": shortcut}
             else:  # dws
-                p = k // 2
-            ho, wo = _spatial(where, h, w, k, stride, p)
-            blocks.append(Block(kind, c, out, k, stride, h, w, ho, wo, extra))
+                extra = {}
+            ho = (h + 2 * p - k) // stride + 1  # conv_out
+            wo = (w + 2 * p - k) // stride + 1
+            if ho < 1 or wo < 1:
+                _spatial(f"stages[{i}]", h, w, k, stride, p)  # raises with the message
+            add(Block(kind, c, out, k, stride, h, w, ho, wo, extra))
             c, h, w = out, ho, wo
     hd = spec.head
     head: list[tuple[str, int, int]] = []

@@ -1,0 +1,91 @@
+"""Seeded random valid `NetSpec`s like the search produces, for benchmarks: `random_specs(n, seed)`.
+
+Mostly small nets at 8-64 px (1 or 3 input channels, 2-5 stages of every catalog block, alpha 0.25-2,
+rho 0.5-2), and about one in ten larger nets at 96-160 px with more downsampling. Every spec validates.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+from archs import HeadSpec, NetSpec, StageSpec, StemSpec
+from archs.errors import SpecError
+from archs.plan import resolve
+
+BLOCKS = ("conv", "dws", "ir", "fire", "lowrank", "basic", "maxpool", "avgpool")
+
+
+def _ok(spec: NetSpec) -> bool:
+    try:
+        resolve(spec)
+        return True
+    except SpecError:
+        return False
+
+
+def _stage(rng: random.Random, kind: str, spec: NetSpec, c_in: int, large: bool) -> StageSpec:
+    stride = rng.choice((1, 2, 2) if large else (1, 1, 2))
+    if kind in ("maxpool", "avgpool"):
+        k = rng.choice((2, 3))
+        args = {"padding": rng.randint(0, k // 2)}
+        if kind == "maxpool":
+            args["ceil_mode"] = rng.random() < 0.5
+        return StageSpec(kind, kernel=k, stride=2 if rng.random() < 0.8 else 1, args=args)
+    same = rng.random() < 0.25
+    channels = c_in if same else int(round(math.exp(rng.uniform(math.log(8), math.log(128 if large else 96)))))
+    out = spec.ch(channels, not same)
+    k = rng.choice((3, 3, 5, 1, 7))
+    args: dict = {}
+    if kind == "conv":
+        if rng.random() < 0.3:
+            args["padding"] = rng.randint(0, k // 2)
+        if rng.random() < 0.3:
+            g = math.gcd(c_in, out)
+            args["groups"] = rng.choice([d for d in (1, 2, 4, 8) if g % d == 0])
+    elif kind == "ir":
+        args = {"expand": rng.choice((1, 2, 3, 4, 6)), "se": rng.choice((0.0, 0.0, 0.25))}
+    elif kind == "fire":
+        args = {"squeeze_ratio": rng.choice((0.125, 0.25, 0.5)), "pct3x3": rng.choice((0.25, 0.5, 0.75)),
+                "bypass": rng.random() < 0.5}
+    elif kind == "lowrank":
+        args = {"rank_ratio": rng.choice((0.25, 0.5, 0.75))}
+    elif kind == "basic":
+        args = {"shortcut": rng.choice(("A", "B")) if out >= c_in else "B"}
+    return StageSpec(kind, channels, repeats=rng.randint(1, 3), stride=stride, kernel=k, args=args, scale=not same)
+
+
+def random_spec(rng: random.Random) -> NetSpec:
+    """One random valid spec drawn from `rng`."""
+    large = rng.random() < 0.1
+    spec = NetSpec(num_classes=rng.choice((10, 10, 100, 1000) if large else (2, 10, 10, 26)),
+                   in_chans=3 if large else rng.choice((1, 3)),
+                   resolution=rng.choice((96, 128, 160)) if large else rng.choice((8, 8, 16, 28, 32, 32, 48, 64)),
+                   rho=rng.choice((0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 2.0)) if not large else rng.choice((0.75, 1.0)),
+                   alpha=round(rng.uniform(0.25, 2.0), 3), divisor=rng.choice((1, 2, 4, 8, 8)),
+                   act=rng.choice(("relu", "relu", "relu6", "hardswish", "silu")), norm=rng.random() < 0.85,
+                   name=f"random{'_large' if large else ''}")
+    if rng.random() < 0.1:
+        spec.stem = StemSpec(channels=0)
+    else:
+        spec.stem = StemSpec(rng.choice((8, 16, 24, 32)), rng.choice((3, 3, 5)) if not large else 3,
+                             2 if large or rng.random() < 0.2 else 1)
+    n_stages = rng.randint(3, 7) if large else rng.randint(1, 5)
+    tries = 0
+    while len(spec.stages) < n_stages and tries < 4 * n_stages:
+        tries += 1
+        c_in = resolve(spec).feat_ch
+        spec.stages.append(_stage(rng, rng.choice(BLOCKS), spec, c_in, large))
+        if not _ok(spec):
+            spec.stages.pop()
+    kind = rng.choice(("pool", "pool", "flatten", "conv")) if not large else rng.choice(("pool", "conv"))
+    if kind == "flatten" and resolve(spec).feat_h * resolve(spec).feat_w > 64:
+        kind = "pool"
+    hidden = [] if kind == "conv" or rng.random() < 0.7 else [rng.choice((32, 64, 128))]
+    spec.head = HeadSpec(kind, hidden, rng.choice((0.0, 0.1, 0.2)))
+    return spec.validate()
+
+
+def random_specs(n: int, seed: int = 0) -> list[NetSpec]:
+    """`n` random valid specs, the same for the same seed."""
+    rng = random.Random(seed)
+    return [random_spec(rng) for _ in range(n)]

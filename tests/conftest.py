@@ -1,0 +1,16 @@
+"""Shared test set-up: one torch thread (small nets; the two CI cores may be shared) and a hypothesis profile.
+
+Set HYPOTHESIS_PROFILE=ci for derandomized (reproducible) runs; the default profile explores new examples
+on every run. Neither profile has a deadline: one example builds a network and runs fvcore on it.
+"""
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(1)  # small nets: one thread is as fast and immune to oversubscription
+
+settings.register_profile("dev", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
