@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--share-bits", action=_StageAction, kind="share", convert=int, metavar="B",
                    help="Deep Compression weight sharing: per-layer k-means to 2^B centroids, centroids fine-tuned")
     g.add_argument("--huffman", action=_StageAction, kind="huffman", nargs=0,
-                   help="Huffman-code the shared weights' indices and sparse index gaps (needs --share-bits before)")
+                   help="Huffman-code the cluster indices and sparse index gaps of the weights shared by the "
+                        "--share-bits stage just before (without one: every weight tensor it can code smaller)")
     g.add_argument("--quantize", action=_StageAction, kind="quantize", metavar="MODE",
                    help=f"post-training quantization for CPU: {', '.join(QUANT_MODES)} (dynamic quantizes Linear "
                         "layers only); the model passed on to later stages stays float")
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     stages: list[Stage] = args.stages
     if any(s.kind == "distill" for s in stages) and not args.distill_from:
         raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
-    cfg.teacher = torch.nn.Identity() if args.distill_from else None  # placeholder for validation only
-    validate_stages(stages, cfg)
-    cfg.teacher = None
+    validate_stages(stages, cfg, has_teacher=bool(args.distill_from))  # before any data or teacher is loaded
     md = model_dir.resolve()
     out = Path(args.out) if args.out else md.parent / "compress"
     if not args.out and (out == md or out in md.parents):  # MODEL_DIR is itself a stage folder of that output

@@ -109,9 +109,11 @@ class CompressConfig:
                            augment=augment, device=self.device, seed=self.seed)
 
 
-def validate_stages(stages: list[Stage], cfg: CompressConfig) -> None:
-    """Check the values and the order of the stages before any work is done."""
-    shared = False
+def validate_stages(stages: list[Stage], cfg: CompressConfig, has_teacher: bool | None = None) -> None:
+    """Check the values of the stages and settings before any work is done. `has_teacher` tells whether a
+    teacher will be there for --distill (default: whether cfg.teacher is set)."""
+    if has_teacher is None:
+        has_teacher = cfg.teacher is not None
     for st in stages:
         if st.kind == "prune":
             P.check_ratio(cfg.prune_method, st.value)
@@ -128,15 +130,8 @@ def validate_stages(stages: list[Stage], cfg: CompressConfig) -> None:
         elif st.kind == "quantize":
             if st.value not in QUANT_MODES:
                 raise UserError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {st.value!r}")
-        elif st.kind == "huffman" and not shared:
-            raise UserError("--huffman encodes shared weights: put --share-bits B before it (with no prune, lowrank "
-                            "or distill stage in between)")
-        elif st.kind == "distill" and cfg.teacher is None:
+        elif st.kind == "distill" and not has_teacher:
             raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
-        if st.kind == "share":
-            shared = True
-        elif st.kind in ("prune", "lowrank", "distill"):
-            shared = False
     if cfg.iterative < 1:
         raise UserError(f"--iterative must be >= 1, got {cfg.iterative}")
     if cfg.max_drop is not None and (not math.isfinite(cfg.max_drop) or cfg.max_drop < 0):
@@ -429,7 +424,8 @@ def _stage_share(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple
     from .share import share_weights
 
     info = share_weights(model, int(st.value), train=splits.train, val=splits.val,
-                         cfg=cfg.train_config(cfg.finetune_epochs, splits.augment), teacher=cfg.teacher)
+                         cfg=cfg.train_config(cfg.finetune_epochs, splits.augment), teacher=cfg.teacher,
+                         temperature=cfg.temperature, alpha=cfg.alpha, progress=not cfg.quiet)
     model.cpu().eval()
     return model, info, {"bits": int(st.value), "finetune_epochs": cfg.finetune_epochs}
 
@@ -539,7 +535,7 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
             model, shared_info, details = _stage_share(model, st, splits, cfg)
             seconds = time.perf_counter() - t0
             save_stage_model(d, model, None, spec)
-            details["info"] = _json_safe(shared_info)
+            details["info"] = _json_safe(shared_info.to_dict() if hasattr(shared_info, "to_dict") else shared_info)
             record(label, st.kind, d, d / "model.pt", model, seconds, details, "float")
         elif st.kind == "huffman":
             from .huffman import decode, encode

@@ -124,9 +124,6 @@ def test_run_cli_masks_iterative_and_zoo_teacher(trained, tmp_path, capsys):
 
 def test_run_cli_all_deep_compression_stages(trained, tmp_path):
     """train CLI -> run CLI with prune + quantize + share + huffman, as a real subprocess."""
-    pytest.importorskip("compress.quantize")
-    pytest.importorskip("compress.share")
-    pytest.importorskip("compress.huffman")
     out = tmp_path / "c"
     r = subprocess.run([sys.executable, "-m", "compress.run", str(trained), "--prune", "0.5", "--quantize", "int8",
                         "--share-bits", "4", "--huffman", "--finetune-epochs", "1", "--out", str(out), "--quiet"],
@@ -139,6 +136,24 @@ def test_run_cli_all_deep_compression_stages(trained, tmp_path):
     assert df.loc[2, "size_bytes"] < df.loc[0, "size_bytes"]       # int8 artifact smaller than fp32
     assert json.loads((out / "04_huffman" / "metrics.json").read_text())["details"]["roundtrip_exact"]
     _check_reload(out, df)
+
+
+def test_run_cli_huffman_without_sharing_codes_the_pruned_weights(trained, tmp_path, capsys):
+    """--huffman with no --share-bits before it stores the pruned float weights sparse (exact values as the
+    codebook), so the file is smaller than the state_dict and decodes bit-exactly."""
+    out = tmp_path / "c"
+    code, _, _ = _cli(run_mod.main, [str(trained), "--prune", "0.8", "--prune-method", "global", "--huffman",
+                                     "--finetune-epochs", "0", "--out", str(out), "--quiet", "--no-latency"],
+                      "python -m compress.run", capsys)
+    assert code == 0
+    df = pd.read_csv(out / "stages.csv")
+    assert list(df["stage"]) == ["original", "prune_global0.8", "huffman"]
+    assert df.loc[2, "size_bytes"] < 0.6 * df.loc[1, "size_bytes"]
+    assert df.loc[2, "test_acc"] == df.loc[1, "test_acc"]
+    assert json.loads((out / "02_huffman" / "metrics.json").read_text())["details"]["roundtrip_exact"]
+    pruned, decoded = load_stage(out / "01_prune_global0.8"), load_stage(out / "02_huffman")
+    for (k, a), (k2, b) in zip(pruned.state_dict().items(), decoded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -182,7 +197,6 @@ def test_corrupt_structure_and_missing_dir(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--huffman"], "--share-bits"),
     (["--distill"], "--distill-from"),
     (["--prune", "1.5"], "ratio"),
     (["--lowrank", "0"], "energy"),
