@@ -10,7 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 from archs import build, estimate, latency
-from archs.spec import NetSpec
+from archs.spec import POOL_BLOCKS, NetSpec
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit
 
@@ -92,7 +92,7 @@ class Objective:
         trial.set_user_attr("spec", spec.to_string())
         trial.set_user_attr("spec_json", spec.to_dict())
         trial.set_user_attr("blocks", "+".join(dict.fromkeys(spec.block_types())))
-        trial.set_user_attr("depth", sum(s.repeats for s in spec.stages))
+        trial.set_user_attr("depth", sum(s.repeats for s in spec.stages if s.block not in POOL_BLOCKS))  # blocks, not pools
         trial.set_user_attr("resolution", spec.input_size)
         trial.set_user_attr("alpha", spec.alpha)
         trial.set_user_attr("rho", spec.rho)

@@ -16,6 +16,8 @@ from archs.io import atomic_write_json, atomic_write_text, save_model_dir
 #: user attributes every trial records, in table order
 TRIAL_ATTRS = ("spec", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count", "latency_ms",
                "budget_share", "val_acc", "best_val_acc", "epochs_run", "train_seconds", "fail_reason")
+#: derived columns: `infeasible` (sampled, never trained), `last_val_acc` (last epoch reached, also for pruned trials)
+DERIVED = ("infeasible", "last_val_acc")
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -29,13 +31,16 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[key] = t.user_attrs.get(key)
         if row["fail_reason"] is None and t.state == optuna.trial.TrialState.FAIL:
             row["fail_reason"] = t.system_attrs.get("fail_reason")
+        row["infeasible"] = bool(t.user_attrs.get("infeasible", False))
+        curve = t.user_attrs.get("curve") or []
+        row["last_val_acc"] = curve[-1] if curve else None
         if t.values is not None and len(t.values) > 1:
             for i, v in enumerate(t.values):
                 row[f"value_{i}"] = v
         for k, v in t.params.items():
             row[f"param_{k}"] = v
         rows.append(row)
-    cols = ["number", "state", "datetime_start", "datetime_complete", "duration_s", *TRIAL_ATTRS]
+    cols = ["number", "state", "datetime_start", "datetime_complete", "duration_s", *TRIAL_ATTRS, *DERIVED]
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=cols)

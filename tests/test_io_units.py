@@ -74,6 +74,16 @@ def test_atomic_write_replaces_content_and_leaves_no_temp_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.json", "sub"]
 
 
+def test_atomic_write_gives_the_mode_open_would(tmp_path):
+    import archs.io
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    # mkstemp alone would leave 0600 (unreadable to the group); the file gets what open() gives under the umask
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~archs.io._UMASK
+    if archs.io._UMASK == 0o022:
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "out.txt"
     atomic_write_text(p, "old")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,10 @@ def test_search_writes_files(study_dir: Path):
     trained = df[df["fail_reason"].isna()]
     assert len(trained) == 3 and set(trained["state"]) == {"COMPLETE"}
     skipped = df[df["fail_reason"].notna()]  # infeasible samples: pruned before training, not counted
-    assert set(skipped["state"]) <= {"PRUNED"} and skipped["fail_reason"].str.startswith("infeasible").all()
+    assert set(skipped["state"]) <= {"PRUNED"} and skipped["fail_reason"].astype(str).str.startswith("infeasible").all()
+    assert skipped["infeasible"].astype(bool).all() and not trained["infeasible"].astype(bool).any()
+    assert (trained["last_val_acc"] == trained["val_acc"]).all()  # full curves: the last epoch is the final accuracy
+    assert (study_dir / "trials.csv").stat().st_mode & 0o777 == 0o666 & ~_umask()
     for col in ("number", "mflops", "params_count", "latency_ms", "budget_share", "val_acc", "spec", "param_alpha"):
         assert col in df.columns
     assert (trained["budget_share"] <= 1.0).all() and (trained["val_acc"].between(0, 1)).all()
@@ -148,3 +152,9 @@ def test_user_mistakes_give_one_line_errors(tmp_path: Path, args, needle):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert needle in lines[0]
     assert not any(tmp_path.iterdir()), "a rejected command must not create results"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
