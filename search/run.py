@@ -9,6 +9,7 @@ from archs.units import parse_quantity
 
 from .space import SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
+from .workers import sigint_once
 
 
 def _quantity(text: str) -> float:
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (whole study)")
     g.add_argument("--timeout", type=_quantity, default=None, help="stop starting trials after this many seconds")
     g.add_argument("--epochs", type=int, default=15, help="training epochs per trial")
-    g.add_argument("--final-epochs", type=int, default=40, help="epochs to retrain each winner on train+validation")
+    g.add_argument("--final-epochs", type=int, default=30, help="epochs to retrain each winner on train+validation")
     g.add_argument("--batch-size", type=int, default=32, help="training batch size (images)")
     g.add_argument("--lr", type=_quantity, default=None, help="fixed learning rate (default: searched)")
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
@@ -76,9 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolution multipliers the search may choose (input side = round(native px * rho))")
     g.add_argument("--top-k", type=int, default=3, help="winners to retrain and test (single objective)")
     g.add_argument("--storage", default=None,
-                   help="Optuna storage URL (sqlite:///..., postgresql://user@host/db) or a journal file path; "
-                        "default: OUT/STUDY/study.db (optuna-dashboard opens it)")
+                   help="Optuna storage shared by workers: postgresql://user@host/db (password from PGPASSWORD or "
+                        "~/.pgpass rather than the URL, which other users can see in the process list; it is "
+                        "masked in every message and file), sqlite:///PATH, or a journal file PATH; default: "
+                        "OUT/STUDY/study.db (optuna-dashboard opens it)")
     g.add_argument("--study-name", default=None, help="study name and folder under --out (default: dataset-budget-time)")
+    g.add_argument("--n-workers", type=int, default=1,
+                   help="worker processes on this machine sharing the study (each gets its own GPU with "
+                        "--device cuda and several GPUs); start the same command on other machines with a "
+                        "shared --storage to add more workers")
+    g.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per worker process for training and latency; the catalog's tiny networks "
+                        "train fastest on one (use --n-workers for more cores, more threads for large networks)")
     g.add_argument("--resume", action="store_true", help="continue an existing study up to --trials finished trials")
     g.add_argument("--seed", type=int, default=0, help="seed for the sampler, data split and training")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -102,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         space=args.space, max_stages=args.max_stages, rho=args.rho, top_k=args.top_k, storage=args.storage,
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
-        lr=args.lr, weight_decay=args.weight_decay)
+        lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
+        threads=args.threads)
 
 
 def summary_table(result: dict) -> str:
@@ -125,6 +136,8 @@ def summary_table(result: dict) -> str:
                  w["dir"]] for w in result["winners"]]
         lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", "latency ms", "val acc %",
                                              "test acc %", "saved to"], tablefmt="github"))
+    if result.get("note"):
+        lines.append(result["note"])
     lines.append(f"study '{result['study']}' in {result['dir']} (trials.csv, config.json, study storage)")
     return "\n\n".join(lines)
 
@@ -138,4 +151,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sigint_once()  # the first Ctrl-C stops the search; more presses cannot cut short the recording of its trial
     run_cli(main, prog="python -m search.run")

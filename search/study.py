@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import sys
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from archs import Cost, build, count, latency
-from archs.errors import UserError, mask_secrets
+from archs.errors import UserError
 from archs.spec import NetSpec
 from training.data import Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device
@@ -23,9 +27,12 @@ from training.loop import TrainConfig, evaluate, fit, resolve_device
 from .objective import COST_OBJECTIVES, Objective, TrialFailed
 from .results import fmt_pct, read_config, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible
+from .storage import StudyLock, WorkerId, file_lock, mask, open_storage  # noqa: F401 (open_storage: re-export)
+from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, claim_winners, describe_exit,
+                      finished_count, is_counted, sigint_once, worker_device)
 
 OBJECTIVES = ("accuracy", "mflops", "params", "latency")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # counted when trained (see workers.is_counted)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -43,7 +50,7 @@ class SearchConfig:
     trials: int = 30
     timeout: float | None = None
     epochs: int = 15
-    final_epochs: int = 40
+    final_epochs: int = 30
     batch_size: int = 32
     sampler: str = "tpe"
     pruner: str = "median"
@@ -64,6 +71,8 @@ class SearchConfig:
     kd_alpha: float = 0.9
     lr: float | None = None
     weight_decay: float | None = None
+    n_workers: int = 1
+    threads: int = 1
 
     @property
     def budget(self) -> Budget:
@@ -76,7 +85,8 @@ class SearchConfig:
     def validate(self) -> "SearchConfig":
         if not self.budget.any():
             raise UserError("give at least one budget: --budget-mflops, --budget-params or --budget-latency-ms")
-        for name in ("trials", "epochs", "final_epochs", "top_k", "batch_size", "max_stages"):
+        for name in ("trials", "epochs", "final_epochs", "top_k", "batch_size", "max_stages", "n_workers",
+                     "threads"):
             v = getattr(self, name)
             lo = 0 if name == "final_epochs" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -102,34 +112,20 @@ class SearchConfig:
             raise UserError(f"--study-name {self.study_name!r} must not contain '..'")
         if self.resume and not self.study_name:
             raise UserError("--resume needs --study-name (the folder name under --out)")
+        if self.storage is not None and not str(self.storage).strip():
+            raise UserError("--storage must not be empty")
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration for config.json, with the storage password masked."""
         d = asdict(self)
         if d["storage"]:
-            d["storage"] = mask_secrets(d["storage"])
+            d["storage"] = mask(d["storage"])
         return d
 
 
 # ----- storage, sampler, pruner -----------------------------------------------------------------------------------
-def open_storage(url: str, heartbeat: bool = True):
-    """Optuna storage for a URL (sqlite/postgresql/mysql via RDB with heartbeats) or a journal file path."""
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        kwargs = dict(heartbeat_interval=10, grace_period=30,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    except Exception as e:  # noqa: BLE001 - driver/connection errors of any kind are a user-facing problem
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot open storage {mask_secrets(url)}: {mask_secrets(msg)[:300]}") from None
+# open_storage (search.storage) is re-exported here for callers of the old location.
 
 
 def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -160,34 +156,65 @@ def default_study_name(cfg: SearchConfig) -> str:
     return f"{cfg.dataset.split(':')[0]}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def open_study(cfg: SearchConfig) -> optuna.Study:
-    """Create the study (or load it with --resume); refuse to silently reuse an existing study folder."""
+def storage_url(cfg: SearchConfig) -> str:
+    """--storage, or the default SQLite file OUT/STUDY/study.db."""
+    return cfg.storage or f"sqlite:///{(study_dir(cfg) / 'study.db').resolve()}"
+
+
+def sampler_seed(cfg: SearchConfig, worker: WorkerId | None) -> int:
+    """--seed for a lone worker; workers sharing a study draw different samples: --seed + worker index for
+    --n-workers, --seed plus a number drawn from the worker's random token for separately started workers."""
+    if worker is not None and worker.index is not None:
+        return cfg.seed + worker.index
+    if cfg.storage and worker is not None:
+        return cfg.seed + 1 + zlib.crc32(worker.token.encode()) % 1_000_000
+    return cfg.seed
+
+
+def open_study(cfg: SearchConfig, joining: bool = False, worker: WorkerId | None = None) -> optuna.Study:
+    """Create the study (or load it with --resume); refuse to silently reuse an existing study folder.
+
+    A shared --storage is opened before anything is written locally, so an unreachable server or a wrong password
+    leaves no trace. `joining`: a worker process of --n-workers, whose parent created the study.
+    """
     d = study_dir(cfg)
-    url = cfg.storage or f"sqlite:///{(d / 'study.db').resolve()}"
+    shared = bool(cfg.storage)
     existing = (d / "config.json").exists()
-    if existing and not cfg.resume and not cfg.storage:
-        raise UserError(f"study folder {d} already exists; add --resume to continue it or pick another --study-name")
-    if cfg.resume and not cfg.storage and not existing:
-        raise UserError(f"nothing to resume: {d} has no study (run without --resume first)")
-    d.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(url)
+    if not joining:
+        if existing and not cfg.resume and not shared:
+            raise UserError(f"study folder {d} already exists; add --resume to continue it or pick another "
+                            "--study-name")
+        if cfg.resume and not shared and not existing:
+            raise UserError(f"nothing to resume: {d} has no study (run without --resume first)")
+    if shared:
+        storage = open_storage(cfg.storage)
+        if cfg.resume or joining:
+            try:
+                storage.get_study_id_from_name(cfg.study_name)
+            except KeyError:
+                raise UserError(f"nothing to resume: study {cfg.study_name!r} is not in {mask(cfg.storage)}") from None
+    else:
+        d.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(storage_url(cfg))
     directions = ["maximize"] + (["minimize"] if cfg.multi else [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=directions,
-                                    sampler=make_sampler(cfg.sampler, cfg.seed, cfg.multi),
+                                    sampler=make_sampler(cfg.sampler, sampler_seed(cfg, worker), cfg.multi),
                                     pruner=make_pruner(cfg.pruner, cfg.epochs), load_if_exists=True)
     except ValueError as e:
-        raise UserError(f"study {cfg.study_name!r}: {e}") from None
+        raise UserError(f"study {cfg.study_name!r}: {mask(e)}") from None
     if len(study.directions) != len(directions):
         raise UserError(f"study {cfg.study_name!r} exists with {len(study.directions)} objective(s); "
                         f"--objectives gives {len(directions)}")
+    d.mkdir(parents=True, exist_ok=True)
     return study
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that trained to the end or were pruned while training (infeasible samples are not counted)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get("infeasible"))
+def save_trials(study: optuna.Study, d: Path):
+    """Rewrite d/trials.csv from the storage; the file lock orders writers on this machine (newest view wins)."""
+    with file_lock(d / ".trials.csv.lock"):
+        return write_trials_csv(study, d / "trials.csv")
 
 
 def trial_line(t: FrozenTrial) -> str:
@@ -222,79 +249,185 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*independent sampling.*")
+    # our own worker loop records heartbeats around ask/tell (search.workers), which Optuna does not expect
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = False) -> dict[str, Any]:
-    """Run (or resume) a study to `cfg.trials` finished trials, then retrain and save the winners.
+def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = False,
+               worker_index: int | None = None) -> dict[str, Any]:
+    """Run (or resume, or join) a study to `cfg.trials` finished trials, then retrain and save the winners.
 
     Returns a summary dict (study name, folder, trials table, winners). `worker=True` runs trials only.
+    `worker_index`: this process is worker `worker_index` of a --n-workers parent (which created the study).
+    Everything that can be wrong with the input is checked before anything is written.
     """
     quiet_library_warnings()
     cfg.validate()
+    joining = worker_index is not None
     if not cfg.study_name:
         cfg.study_name = default_study_name(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(worker_device(cfg.device, worker_index) if joining else cfg.device)
+    if device.type == "cpu":
+        # tiny networks train many times faster on one thread per process than on several (measured in README)
+        torch.set_num_threads(cfg.threads)
     data = data or load_data(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, image_size=cfg.image_size)
     space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho))
     if cfg.lr is not None or cfg.weight_decay is not None:
         space.search_lr = False
     shape = DataShape(data.in_chans, data.resolution, data.num_classes)
     small_spec, _ = check_feasible(space, shape, cfg.budget)
-    if cfg.budget.latency_ms is not None:
+    if cfg.budget.latency_ms is not None and not joining:
         lat = latency(build(small_spec), repeats=20)
         if lat > cfg.budget.latency_ms:
             raise UserError(f"impossible budget (--budget-latency-ms {cfg.budget.latency_ms:g}): the smallest network "
                             f"in the search space takes {lat:.3f} ms on this CPU at batch 1")
-    study = open_study(cfg)
-    d = study_dir(cfg)
-    if not (d / "config.json").exists() or cfg.resume:
-        write_config(d / "config.json", cfg.to_dict())
     teacher = load_teacher(cfg.distill_from, data, device) if cfg.distill_from else None
+    me = WorkerId.current(worker_index)
+    study = open_study(cfg, joining=joining, worker=me)
+    d = study_dir(cfg)
+    lock = StudyLock(study._storage, storage_url(cfg), cfg.study_name)
+    if not joining and (not (d / "config.json").exists() or cfg.resume or cfg.storage):
+        write_config(d / "config.json", cfg.to_dict())
     log = (lambda s: None) if cfg.quiet else tqdm.write
-    objective = Objective(data, space, cfg.budget, cfg.objectives, train_config(cfg, device, data, cfg.epochs),
-                          device, teacher, cfg.kd_temperature, cfg.kd_alpha, log)
-    run_trials(study, objective, cfg, d)
-    if worker:
+
+    def make_objective() -> Objective:
+        return Objective(data, space, cfg.budget, cfg.objectives, train_config(cfg, device, data, cfg.epochs),
+                         device, teacher, cfg.kd_temperature, cfg.kd_alpha, log)
+
+    if cfg.n_workers > 1 and not joining:
+        run_local_workers(study, cfg, d, lock, make_objective)
+    else:
+        run_trials(study, make_objective(), cfg, d, lock=lock, worker=me)
+    if worker or joining:
         return {"study": cfg.study_name, "dir": str(d)}
-    winners = retrain_winners(study, cfg, data, device, teacher)
-    df = write_trials_csv(study, d / "trials.csv")
-    return {"study": cfg.study_name, "dir": str(d), "trials": df, "winners": winners}
+    return finish_study(study, cfg, data, device, teacher, d, lock, me)
 
 
-def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: Path) -> None:
-    """Run trials until the study holds `cfg.trials` finished ones (or --timeout), rewriting trials.csv after each."""
+def finish_study(study: optuna.Study, cfg: SearchConfig, data: Splits, device: torch.device,
+                 teacher: torch.nn.Module | None, d: Path, lock: StudyLock, me: WorkerId) -> dict[str, Any]:
+    """Retrain the winners if this worker wins the claim (exactly one worker of a shared study does)."""
+    status, claim = claim_winners(study, lock, me, finished_count(study))
+    note = None
+    if status == "mine":
+        with ClaimKeeper(study, claim):
+            winners = retrain_winners(study, cfg, data, device, teacher, saved_by=me)
+    else:
+        who = claim.get("worker", {}) if claim else {}
+        where = f"{who.get('host', '?')}:{who.get('pid', '?')}"
+        if status == "done":
+            winners = list(study.user_attrs.get("winners", []))
+            note = f"winners were retrained by worker {where}; their files are on that machine"
+        else:
+            winners = []
+            note = f"winners are being retrained by worker {where}"
+    df = save_trials(study, d)
+    return {"study": cfg.study_name, "dir": str(d), "trials": df, "winners": winners, "note": note}
+
+
+def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: Path, lock: StudyLock | None = None,
+               worker: WorkerId | None = None):
+    """Run trials until the study holds `cfg.trials` finished ones (or --timeout), rewriting trials.csv after each.
+
+    Infeasible samples cost microseconds and are not counted; diverged (FAIL) trials are not counted either.
+    """
+    lock = lock or StudyLock(study._storage, storage_url(cfg), cfg.study_name)
+    worker = worker or WorkerId.current()
+    save_trials(study, d)  # the table exists (and matches the storage) from the start
     done = finished_count(study)
     bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc=f"search {cfg.study_name}", unit="trial",
                disable=cfg.quiet, dynamic_ncols=True)
 
     def after_trial(st: optuna.Study, t: FrozenTrial) -> None:
-        write_trials_csv(st, d / "trials.csv")
-        n = finished_count(st)
-        bar.n = min(n, cfg.trials)
+        save_trials(st, d)
+        bar.n = min(finished_count(st), cfg.trials)
         best = _best_value(st)
         if best is not None:
             bar.set_postfix_str(f"best val {fmt_pct(best)}")
         bar.refresh()
         if not cfg.quiet:
             tqdm.write(trial_line(t))
-        if n >= cfg.trials:
-            st.stop()
 
-    start = time.monotonic()
-    attempts = 0
+    loop = TrialLoop(study, objective, n_trials=cfg.trials, lock=lock, worker=worker, timeout=cfg.timeout,
+                     after_trial=after_trial, log=(lambda s: None) if cfg.quiet else tqdm.write, catch=(TrialFailed,))
     try:
-        # infeasible samples cost microseconds and are not counted; diverged (FAIL) trials are not counted either
-        while finished_count(study) < cfg.trials and attempts < 20 * cfg.trials + 100:
-            remaining_time = None if cfg.timeout is None else cfg.timeout - (time.monotonic() - start)
-            if remaining_time is not None and remaining_time <= 0:
-                break
-            todo = cfg.trials - finished_count(study)
-            attempts += todo
-            study.optimize(objective, n_trials=todo, timeout=remaining_time, catch=(TrialFailed,),
-                           callbacks=[after_trial], gc_after_trial=False)
+        return loop.run()
     finally:
         bar.close()
-        write_trials_csv(study, d / "trials.csv")
+        save_trials(study, d)
+
+
+def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: StudyLock, make_objective) -> None:
+    """--n-workers K: K spawned worker processes share the study; this process shows progress, then finishes any
+    trials left over if every worker died."""
+    from dataclasses import replace
+
+    start = time.monotonic()
+    child = asdict(replace(cfg, n_workers=1, quiet=True, resume=True))
+    pool = LocalWorkers(_worker_process, (child, cfg.n_workers), cfg.n_workers)
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    bar = tqdm(total=cfg.trials, initial=min(finished_count(study), cfg.trials), unit="trial", dynamic_ncols=True,
+               desc=f"search {cfg.study_name} ({cfg.n_workers} workers)", disable=cfg.quiet)
+
+    def poll() -> None:
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                if not cfg.quiet:
+                    bar.write(trial_line(t))
+        bar.n = min(sum(1 for t in trials if is_counted(t)), cfg.trials)
+        best = _best_value(study)
+        if best is not None:
+            bar.set_postfix_str(f"best val {fmt_pct(best)}")
+        bar.refresh()
+        for i, code in pool.deaths():
+            if code < 0 and code != -signal.SIGINT:  # killed (even with --quiet: the user should know)
+                tqdm.write(f"warning: worker {i} (pid {pool.procs[i].pid}) {describe_exit(code)}; its trial is "
+                           "failed and retried by the other workers", file=sys.stderr)
+
+    pool.start()
+    try:
+        pool.wait(poll)
+    except KeyboardInterrupt:
+        guard = SigintDeferral().defer()  # more Ctrl-C presses must not cut the workers' bookkeeping short
+        try:
+            pool.interrupt()
+            bar.close()
+            save_trials(study, d)
+        finally:
+            guard.release(raise_pending=False)
+        raise
+    bar.close()
+    save_trials(study, d)
+    err = pool.first_error()
+    if err:
+        raise UserError(err)
+    codes = pool.exit_codes()
+    if any(c == 130 for c in codes):
+        raise KeyboardInterrupt
+    crashed = [(i, c) for i, c in enumerate(codes) if c is not None and c > 0]
+    if crashed:
+        raise RuntimeError("; ".join(f"worker {i} {describe_exit(c)}" for i, c in crashed) + " (traceback above)")
+    remaining = None if cfg.timeout is None else cfg.timeout - (time.monotonic() - start)
+    if finished_count(study) < cfg.trials and (remaining is None or remaining > 0):
+        # every worker was killed: finish the study in this process
+        from dataclasses import replace as _replace
+
+        run_trials(study, make_objective(), _replace(cfg, timeout=remaining), d, lock=lock,
+                   worker=WorkerId.current(cfg.n_workers))
+
+
+def _worker_process(cfg_dict: dict[str, Any], n_workers: int, index: int, results) -> None:
+    """Entry point of a --n-workers process (spawned): run trials of the parent's study, report how it ended."""
+    sigint_once()  # Ctrl-C reaches a worker from the terminal and again from its parent: stop once
+    try:
+        run_search(SearchConfig(**cfg_dict), worker=True, worker_index=index)
+        results.put((index, "ok", ""))
+    except UserError as e:
+        results.put((index, "error", mask(str(e))))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -311,7 +444,7 @@ def select_winners(study: optuna.Study, k: int, multi: bool) -> list[FrozenTrial
 
 
 def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device: torch.device,
-                    teacher: torch.nn.Module | None = None) -> list[dict[str, Any]]:
+                    teacher: torch.nn.Module | None = None, saved_by: WorkerId | None = None) -> list[dict[str, Any]]:
     """Retrain winners on train+val for --final-epochs, evaluate once on test, save best/ (top/<rank>/) or pareto/<n>/."""
     winners = select_winners(study, cfg.top_k, cfg.multi)
     if not winners:
@@ -342,7 +475,8 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
                    "macs": counted.macs, "params": counted.params, "latency_ms": lat1,
                    "val_acc": t.user_attrs.get("val_acc"), "test_acc": test_acc, "final_epochs": cfg.final_epochs,
                    "retrain_seconds": seconds, "budget_share": cfg.budget.share(Cost(counted.macs, counted.params), lat1),
-                   "dataset": cfg.dataset, "distilled_from": cfg.distill_from}
+                   "dataset": cfg.dataset, "distilled_from": cfg.distill_from,
+                   "saved_by": str(saved_by or WorkerId.current())}
         sub = d / ("pareto" if cfg.multi else "top") / str(rank)
         target = d / "best" if (rank == 1 and not cfg.multi) else sub
         save_winner(target, model, metrics, check_x=test.x[:8].cpu())
