@@ -15,7 +15,7 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -82,11 +82,11 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
 
 
 def run_searcher(sampler: str, budget: Budget, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, out: str) -> dict:
+                 batch_size: int, out: str, threads: int) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
-                       study_name=f"{sampler}-seed{seed}", device="cpu")
+                       study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads)
     res = run_search(cfg)
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny nets)")
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/search_quality.json"))
+    ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality"),
+                    help="where the TPE and random studies are kept (python -m analysis.report OUT/tpe-seed0 "
+                         "OUT/random-seed0 compares them); an existing folder is replaced")
     args = ap.parse_args()
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,20 +119,24 @@ def main() -> None:
     budget = Budget(mflops=args.budget_mflops, params=args.budget_params)
     runs: dict[str, list[dict]] = {}
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as out:
-        for seed in args.seeds:
-            data = load_data("digits", seed=seed)
-            for sampler in ("tpe", "random"):
-                r = run_searcher(sampler, budget, args.trials, args.epochs, args.final_epochs, seed, args.batch_size, out)
-                runs.setdefault(f"search ({sampler})", []).append(r)
-                print(f"seed {seed} {sampler:>6}: val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  "
-                      f"{r['spec']}  [{time.time() - t0:.0f}s]", flush=True)
-            for name, spec in baselines(divisor=4).items():
-                r = run_baseline(spec, budget, data, args.trials, args.epochs, args.final_epochs, seed, args.batch_size)
-                runs.setdefault(name, []).append(r)
-                msg = "infeasible" if not r["feasible"] else \
-                    f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
-                print(f"seed {seed} {name}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for seed in args.seeds:
+        data = load_data("digits", seed=seed)
+        for sampler in ("tpe", "random"):
+            r = run_searcher(sampler, budget, args.trials, args.epochs, args.final_epochs, seed, args.batch_size,
+                             str(out), args.threads)
+            runs.setdefault(f"search ({sampler})", []).append(r)
+            print(f"seed {seed} {sampler:>6}: val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  "
+                  f"{r['spec']}  [{time.time() - t0:.0f}s]", flush=True)
+        for name, spec in baselines(divisor=4).items():
+            r = run_baseline(spec, budget, data, args.trials, args.epochs, args.final_epochs, seed, args.batch_size)
+            runs.setdefault(name, []).append(r)
+            msg = "infeasible" if not r["feasible"] else \
+                f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
+            print(f"seed {seed} {name}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
     rows, summary = [], {}
     for name, rs in runs.items():
         ok = [r for r in rs if r["feasible"]]

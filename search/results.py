@@ -14,7 +14,7 @@ from archs.export import export_onnx, onnx_max_diff
 from archs.io import atomic_write_json, atomic_write_text, save_model_dir
 
 #: user attributes every trial records, in table order
-TRIAL_ATTRS = ("spec", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count", "latency_ms",
+TRIAL_ATTRS = ("spec", "template", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count", "latency_ms",
                "budget_share", "val_acc", "best_val_acc", "epochs_run", "train_seconds", "fail_reason")
 #: derived columns: `infeasible` (sampled, never trained), `last_val_acc` (last epoch reached, also for pruned trials)
 DERIVED = ("infeasible", "last_val_acc")

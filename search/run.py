@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on this machine sharing the study (each gets its own GPU with "
                         "--device cuda and several GPUs); start the same command on other machines with a "
                         "shared --storage to add more workers")
+    g.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not start a new study from the classic designs (LeNet-, MobileNet-, MobileNetV2- and "
+                        "SqueezeNet-like networks fitted to the budget); sample every trial")
     g.add_argument("--threads", type=int, default=1,
                    help="CPU threads per worker process for training and latency; the catalog's tiny networks "
                         "train fastest on one (use --n-workers for more cores, more threads for large networks)")
@@ -113,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
-        threads=args.threads)
+        threads=args.threads, warm_start=args.warm_start)
 
 
 def summary_table(result: dict) -> str:

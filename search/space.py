@@ -247,3 +247,58 @@ def check_feasible(space: SearchSpace, shape: DataShape, budget: Budget) -> tupl
                         f"{cost.macs / 1e6:.4g} MFLOPs and {cost.params:,} params at {shape.in_chans}x"
                         f"{spec.input_size}x{spec.input_size} input")
     return spec, cost
+
+
+# ----- classic designs as the study's first trials ----------------------------------------------------------------
+def _stage(i: int, block: str, channels: int, down: str, kernel: int = 3, **args: Any) -> dict[str, Any]:
+    p = f"s{i}_"
+    params: dict[str, Any] = {p + "block": block, p + "channels": channels, p + "repeats": 1, p + "downsample": down}
+    if block != "fire":
+        params[p + "kernel"] = kernel
+    params.update({p + k: v for k, v in args.items()})
+    return params
+
+
+#: Classic compact designs in the space's own parameters (alpha = upper bound, fitted to the budget like any
+#: sample): LeNet-like plain convolutions with max pooling and a flatten head, MobileNetV1-like depthwise-
+#: separable, MobileNetV2-like inverted residual and SqueezeNet-like Fire stages with a pooled head.
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "lenet-like": {"stem_channels": 8, "n_stages": 2, **_stage(0, "conv", 16, "maxpool"),
+                   **_stage(1, "conv", 32, "maxpool"), "head": "flatten", "dropout": 0.0},
+    "mobilenet-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "dws", 32, "stride"),
+                       **_stage(1, "dws", 64, "stride"), "head": "pool", "dropout": 0.0},
+    "mobilenetv2-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "ir", 24, "stride", expand=4, se=0.0),
+                         **_stage(1, "ir", 32, "stride", expand=4, se=0.0), "head": "pool", "dropout": 0.0},
+    "squeezenet-like": {"stem_channels": 16, "n_stages": 2,
+                        **_stage(0, "fire", 32, "maxpool", squeeze_ratio=0.25, pct3x3=0.5, bypass=False),
+                        **_stage(1, "fire", 64, "maxpool", squeeze_ratio=0.25, pct3x3=0.5, bypass=False),
+                        "head": "pool", "dropout": 0.0},
+}
+
+
+def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """The classic designs this space can express, as fixed parameters for `study.enqueue_trial`.
+
+    A search then starts from known-good compact networks (fitted to the budget like every sample) instead of
+    from random structures only, and the sampler learns from them; what it leaves unset (the learning rate,
+    weight decay) is sampled. Designs using a block, value or depth outside the space are left out.
+    """
+    choices: dict[str, tuple] = {"stem_channels": space.stem_channels, "kernel": space.kernels,
+                                 "expand": space.expand, "se": space.se, "squeeze_ratio": space.squeeze_ratio,
+                                 "pct3x3": space.pct3x3, "downsample": space.downsample, "head": space.heads,
+                                 "dropout": space.dropout, "bypass": (False, True)}
+    rho = min(space.rho, key=lambda r: abs(r - 1.0))
+    out = []
+    for name, params in TEMPLATES.items():
+        ok = params["n_stages"] <= space.max_stages
+        for key, value in params.items():
+            base = key.split("_", 1)[1] if key[0] == "s" and key[1].isdigit() else key
+            if base == "block":
+                ok &= value in space.blocks
+            elif base == "channels":
+                ok &= space.channels[0] <= value <= space.channels[1]
+            elif base in choices:
+                ok &= value in choices[base]
+        if ok:
+            out.append((name, {**params, "rho": rho, "alpha": space.alpha[1]}))
+    return out

@@ -26,7 +26,7 @@ from training.loop import TrainConfig, evaluate, fit, resolve_device
 
 from .objective import COST_OBJECTIVES, Objective, TrialFailed
 from .results import fmt_pct, read_config, save_winner, write_config, write_trials_csv
-from .space import Budget, DataShape, SearchSpace, check_feasible
+from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
 from .storage import StudyLock, WorkerId, file_lock, mask, open_storage  # noqa: F401 (open_storage: re-export)
 from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, claim_winners, describe_exit,
                       finished_count, is_counted, sigint_once, worker_device)
@@ -73,6 +73,7 @@ class SearchConfig:
     weight_decay: float | None = None
     n_workers: int = 1
     threads: int = 1
+    warm_start: bool = True
 
     @property
     def budget(self) -> Budget:
@@ -128,13 +129,14 @@ class SearchConfig:
 # open_storage (search.storage) is re-exported here for callers of the old location.
 
 
-def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, multi: bool, trials: int = 40) -> optuna.samplers.BaseSampler:
+    """Optuna sampler; TPE's random start-up phase is a quarter of the trials (5 to 10, warm-start trials count)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10,
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=max(5, min(10, trials // 4)), constant_liar=True)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -200,7 +202,7 @@ def open_study(cfg: SearchConfig, joining: bool = False, worker: WorkerId | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=directions,
-                                    sampler=make_sampler(cfg.sampler, sampler_seed(cfg, worker), cfg.multi),
+                                    sampler=make_sampler(cfg.sampler, sampler_seed(cfg, worker), cfg.multi, cfg.trials),
                                     pruner=make_pruner(cfg.pruner, cfg.epochs), load_if_exists=True)
     except ValueError as e:
         raise UserError(f"study {cfg.study_name!r}: {mask(e)}") from None
@@ -288,6 +290,8 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     lock = StudyLock(study._storage, storage_url(cfg), cfg.study_name)
     if not joining and (not (d / "config.json").exists() or cfg.resume or cfg.storage):
         write_config(d / "config.json", cfg.to_dict())
+    if cfg.warm_start and not joining:
+        enqueue_warm_start(study, space, lock, cfg.trials)
     log = (lambda s: None) if cfg.quiet else tqdm.write
 
     def make_objective() -> Objective:
@@ -301,6 +305,18 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     if worker or joining:
         return {"study": cfg.study_name, "dir": str(d)}
     return finish_study(study, cfg, data, device, teacher, d, lock, me)
+
+
+def enqueue_warm_start(study: optuna.Study, space: SearchSpace, lock: StudyLock, trials: int) -> int:
+    """Queue the classic designs the space can express as the first trials of a new study (see space.TEMPLATES),
+    at most a quarter of --trials (rounded up)."""
+    with lock():
+        if study.get_trials(deepcopy=False):
+            return 0
+        templates = warm_start_trials(space)[:-(-trials // 4)]
+        for name, params in templates:
+            study.enqueue_trial(params, user_attrs={"template": name})
+    return len(templates)
 
 
 def finish_study(study: optuna.Study, cfg: SearchConfig, data: Splits, device: torch.device,

@@ -109,6 +109,32 @@ def test_diverging_trials_are_recorded_failed_and_study_goes_on(tmp_path: Path):
     assert len(failed) >= 1 and failed["fail_reason"].str.contains("diverged").all()
 
 
+def test_new_study_starts_from_the_classic_designs_fitted_to_the_budget(study_dir: Path):
+    from search.space import TEMPLATES, warm_start_trials
+
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{study_dir / 'study.db'}")
+    first = [t for t in study.trials if "template" in t.user_attrs]
+    names = [t.user_attrs["template"] for t in sorted(first, key=lambda t: t.number)]
+    assert names[0] == list(TEMPLATES)[0]  # at most a quarter of --trials 3, rounded up: one classic design
+    for t in first:
+        if "spec_json" in t.user_attrs:  # the template's structure, with alpha shrunk to the budget
+            params = dict(warm_start_trials(SearchSpace()))[t.user_attrs["template"]]
+            assert all(t.params[k] == v for k, v in params.items() if k != "alpha")
+            assert t.user_attrs["alpha"] <= params["alpha"] and t.user_attrs["mflops"] <= 0.05
+
+
+def test_warm_start_respects_the_space_and_can_be_turned_off(tmp_path: Path):
+    from search.space import warm_start_trials
+
+    names = [n for n, _ in warm_start_trials(SearchSpace(blocks=("dws", "fire"), heads=("pool",)))]
+    assert names == ["mobilenet-like", "squeezenet-like"]
+    assert warm_start_trials(SearchSpace(max_stages=1)) == []
+    main(["--budget-mflops", "0.05", "--trials", "1", "--study-name", "cold", "--out", str(tmp_path),
+          "--no-warm-start", "--final-epochs", "0", *FAST[2:]])
+    study = optuna.load_study(study_name="cold", storage=f"sqlite:///{tmp_path / 'cold/study.db'}")
+    assert not any("template" in t.user_attrs for t in study.trials)
+
+
 def test_alpha_is_fitted_to_the_budget():
     space, shape = SearchSpace(), DataShape(1, 8, 10)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
