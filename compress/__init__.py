@@ -5,6 +5,9 @@ and the stage runner behind `python -m compress.run MODEL_DIR [stages...]`.
     from compress.lowrank import lowrank               # SVD factorization of Linear / Conv2d layers
     from compress.distill import distill, load_teacher
     from compress.stages import run_stages, load_stage
+    from compress.quantize import quantize, load_quantized   # int8 / fp16 / dynamic with ONNX Runtime
+    from compress.share import share_weights            # k-means weight sharing + centroid fine-tuning
+    from compress.huffman import encode, decode         # Huffman-coded sparse file, bit-exact round trip
 
 (The submodules `prune`, `lowrank` and `distill` share their names with their main functions, so the functions
 are not re-exported here: `compress.prune` stays the module.)
