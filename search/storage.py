@@ -123,9 +123,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def worker_dead(info: Any) -> bool:
-    """True when `info` (a WorkerId dict) names a process on this machine that no longer runs."""
-    if not isinstance(info, dict) or info.get("host") != _host_id() or not isinstance(info.get("pid"), int):
+    """True when `info` (a WorkerId dict) names a process on this machine that no longer runs, or one that ran on
+    this machine before it rebooted (same host name, another boot id)."""
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int) or not isinstance(info.get("host"), str):
         return False
+    here = _host_id()
+    if info["host"] != here:
+        if os.environ.get("EDGENAS_HOST_ID"):
+            return False
+        name, _, boot = info["host"].rpartition("/")  # hostname/boot id (see _host_id)
+        here_name, _, here_boot = here.rpartition("/")
+        return bool(name and boot and here_boot and name == here_name and boot != here_boot)
     if info["pid"] == os.getpid():
         return info.get("token") not in _LIVE_TOKENS
     return not pid_alive(info["pid"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -149,3 +150,46 @@ def wait_for_running_trial_any(d: Path, name: str, proc, timeout: float = 120) -
                 return
         time.sleep(0.1)
     pytest.fail("no RUNNING trial appeared")
+
+
+def test_sigint_is_held_back_and_raised_once():
+    """SigintDeferral: Ctrl-C presses between defer() and release() become one KeyboardInterrupt at release()."""
+    from search.workers import SigintDeferral
+
+    before = signal.getsignal(signal.SIGINT)
+    guard = SigintDeferral().defer()
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    assert guard.pending
+    with pytest.raises(KeyboardInterrupt):
+        guard.release()
+    assert signal.getsignal(signal.SIGINT) is before
+    guard = SigintDeferral().defer()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    guard.release(raise_pending=False)  # dropped: the caller raises its own KeyboardInterrupt
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_dead_workers_are_recognised_on_this_machine(monkeypatch):
+    """A trial's worker is dead if its pid is gone here, or it ran here before a reboot (another boot id)."""
+    from search.storage import _host_id, worker_dead
+
+    monkeypatch.delenv("EDGENAS_HOST_ID", raising=False)
+    here = _host_id()
+    gone = _finished_pid()
+    assert worker_dead({"host": here, "pid": gone})
+    assert not worker_dead({"host": here, "pid": os.getppid()})
+    assert not worker_dead({"host": "another-machine/12345678", "pid": gone})  # only heartbeats tell there
+    name, _, boot = here.rpartition("/")
+    if boot:
+        assert worker_dead({"host": f"{name}/{'0' * len(boot)}", "pid": os.getppid()})  # before a reboot
+    monkeypatch.setenv("EDGENAS_HOST_ID", "box-a/1")
+    assert not worker_dead({"host": "box-a/2", "pid": gone})  # explicit host ids are compared whole
+
+
+def _finished_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
