@@ -173,3 +173,18 @@ def test_n_workers_on_sqlite_survive_a_sigkilled_worker(tmp_path: Path):
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+def test_each_local_worker_gets_its_own_gpu(monkeypatch):
+    """--device cuda (or auto) with several GPUs: worker i trains on GPU i mod count; an explicit device stays."""
+    import torch
+
+    from search.workers import worker_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [worker_device("cuda", i) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_device("auto", 1) == "cuda:1"
+    assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_device("auto", 1) == "auto"  # resolved to the CPU later
