@@ -203,14 +203,9 @@ def prune_masks(model: nn.Module, amount: float, method: str = "magnitude") -> d
 # Physical channel removal
 # ----------------------------------------------------------------------------------------------------------------
 def _example_input(model: nn.Module, input_shape) -> torch.Tensor:
-    if input_shape is None:
-        spec = getattr(model, "spec", None)
-        if spec is None:
-            raise ValueError("input_shape is required for a model that was not built from a NetSpec")
-        input_shape = spec.input_shape
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
+    from archs.count import _model_and_shape
+
+    _, shape = _model_and_shape(model, input_shape)
     p = next(model.parameters(), None)
     return torch.randn(shape, device=p.device if p is not None else "cpu")
 
