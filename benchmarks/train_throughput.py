@@ -110,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (default 3)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--random-images", type=int, default=2048, help="size of the random 32x32 set (default 2048)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1, as search.run trains; 0 keeps torch's default)")
     ap.add_argument("--out", default="results/benchmarks/train_throughput.json")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.epochs < 1 or args.batch_size < 1 or args.random_images < 1:
         ap.error("--repeats, --epochs, --batch-size and --random-images must be positive")
     device = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     variants = ["bare", "fit", "fit+crop_flip"] + (["fit+amp"] if device.type == "cuda" else [])
 
     rows = []
