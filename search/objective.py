@@ -15,6 +15,7 @@ from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit
 
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .workers import check_interrupt
 
 COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
 
@@ -107,6 +108,7 @@ class Objective:
         own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat}
 
         def on_epoch(epoch: int, acc: float) -> None:
+            check_interrupt()  # a Ctrl-C whose KeyboardInterrupt Python dropped stops the trial here
             curve.append(acc)
             trial.set_user_attr("curve", curve)
             if self.stopper is None:

@@ -29,7 +29,7 @@ from .results import fmt_pct, read_config, save_winner, write_config, write_tria
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
 from .storage import StudyLock, WorkerId, file_lock, mask, open_storage  # noqa: F401 (open_storage: re-export)
 from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, claim_winners, describe_exit,
-                      finished_count, is_counted, sigint_once, worker_device)
+                      check_interrupt, finished_count, interrupt_seen, is_counted, sigint_once, worker_device)
 
 OBJECTIVES = ("accuracy", "mflops", "params", "latency")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # counted when trained (see workers.is_counted)
@@ -405,6 +405,7 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
     try:
         pool.wait(poll)
     except KeyboardInterrupt:
+        interrupt_seen()
         guard = SigintDeferral().defer()  # more Ctrl-C presses must not cut the workers' bookkeeping short
         try:
             pool.interrupt()
@@ -469,6 +470,7 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
     out = []
     bar = tqdm(winners, desc="retrain winners", unit="model", disable=cfg.quiet, dynamic_ncols=True)
     for rank, t in enumerate(bar, 1):
+        check_interrupt()
         spec = NetSpec.from_dict(t.user_attrs["spec_json"])
         trainval = data.trainval().resized(spec.input_size).to(device)
         test = data.test.resized(spec.input_size).to(device)

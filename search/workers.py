@@ -26,6 +26,7 @@ import os
 import queue as queue_mod
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class TrialLoop:
             while self.stats.ran < self.max_asks:
                 if self.timeout is not None and time.monotonic() - start >= self.timeout:
                     break
+                check_interrupt()
                 # Ctrl-C is held back from the moment a trial is asked until the objective runs: an interrupt
                 # then always finds a trial either not asked yet or inside _run_one, never stuck RUNNING.
                 guard = SigintDeferral().defer()
@@ -237,6 +239,7 @@ class TrialLoop:
                 guard.defer()
                 state, lost = TrialState.FAIL, True
             except KeyboardInterrupt:
+                interrupt_seen()
                 guard.defer()  # a second Ctrl-C must not interrupt the bookkeeping below
                 state, reason, interrupted = TrialState.FAIL, "interrupted", True
             except self.catch:  # the objective recorded its own fail_reason
@@ -288,8 +291,8 @@ class SigintDeferral:
         if self._active or threading.current_thread() is not threading.main_thread():
             return self
         current = signal.getsignal(signal.SIGINT)
-        if current is signal.SIG_IGN or current is None:
-            return self
+        if current is signal.SIG_IGN or current is None or (_SIGINT["requested"] and _SIGINT["seen"]):
+            return self  # nothing to hold back: ignored, or already stopping (sigint_once ignores more presses)
         self._saved = current
         signal.signal(signal.SIGINT, self._handler)
         self._active = True
@@ -308,17 +311,48 @@ class SigintDeferral:
                 raise KeyboardInterrupt
 
 
+_SIGINT = {"requested": False, "seen": False}  # the Ctrl-C sigint_once took, and whether our code saw it
+
+
 def sigint_once() -> None:
     """The first Ctrl-C raises KeyboardInterrupt, later ones are ignored: a CLI process that is already stopping
     finishes recording its trial and tables (and a worker process is stopped once, though both the terminal and
     its parent send SIGINT)."""
     def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _SIGINT["requested"]:
+            return
+        _SIGINT["requested"] = True
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, handler)
+        sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Python's hook for exceptions it must drop (in finalizers, weakref callbacks): a dropped Ctrl-C is not an
+    error to print (check_interrupt raises it at the next epoch); anything else goes to the default hook."""
+    if unraisable.exc_type is KeyboardInterrupt and _SIGINT["requested"]:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def interrupt_seen() -> None:
+    """Our code caught the KeyboardInterrupt of the Ctrl-C (see `check_interrupt`)."""
+    _SIGINT["seen"] = True
+
+
+def check_interrupt() -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C that never reached our code, once.
+
+    A signal handler runs wherever the main thread is, finalizers and weakref callbacks included, and Python drops
+    ("Exception ignored in ...") an exception raised there; the trial loop and every training epoch call this, so
+    such a Ctrl-C still stops the search at the next epoch.
+    """
+    if _SIGINT["requested"] and not _SIGINT["seen"]:
+        _SIGINT["seen"] = True
+        raise KeyboardInterrupt
 
 
 # ----- who retrains the winners -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -170,6 +171,39 @@ def test_sigint_is_held_back_and_raised_once():
     time.sleep(0.05)
     guard.release(raise_pending=False)  # dropped: the caller raises its own KeyboardInterrupt
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
+def test_ctrl_c_dropped_by_python_still_stops_the_search(monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt is raised inside a finalizer is dropped by Python ("Exception ignored");
+    check_interrupt() raises it at the next epoch or trial instead, once, and later presses stay ignored."""
+    import search.workers as W
+
+    monkeypatch.setattr(W, "_SIGINT", {"requested": False, "seen": False})
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        W.sigint_once()
+
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler runs here, inside the finalizer: its exception is dropped
+
+        dropped = []
+        sys.unraisablehook = lambda u: dropped.append(u.exc_type)  # what sigint_once's hook would hide
+        obj = Finalized()
+        del obj
+        assert dropped == [KeyboardInterrupt] and W._SIGINT == {"requested": True, "seen": False}
+        W.sigint_once()  # installs the hook that keeps Python from printing the dropped Ctrl-C as an error
+        assert sys.unraisablehook is W._unraisable
+        with pytest.raises(KeyboardInterrupt):
+            W.check_interrupt()
+        W.check_interrupt()  # raised once only
+        os.kill(os.getpid(), signal.SIGINT)  # a second press is ignored
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_dead_workers_are_recognised_on_this_machine(monkeypatch):
