@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -43,7 +42,7 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, latency, zoo  # noqa: E402
+from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, latency, zoo  # noqa: E402
 from archs.io import atomic_write_json  # noqa: E402
 from compress.distill import distill  # noqa: E402
 from compress.stages import CompressConfig, Stage, format_table, run_stages, save_stage_model  # noqa: E402

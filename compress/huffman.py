@@ -43,7 +43,6 @@ import io
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 

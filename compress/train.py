@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from archs import NetSpec, build, count, latency, zoo
-from archs.errors import SpecError, UserError, run_cli
+from archs.errors import UserError, run_cli
 from archs.io import read_spec, save_model_dir
 from training.data import Splits, load_data
 from training.loop import TrainConfig, evaluate, fit

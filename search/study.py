@@ -1,8 +1,6 @@
 """Study orchestration: storage, sampler, pruner, the trial loop with progress, and retraining of the winners."""
 from __future__ import annotations
 
-import logging
-import os
 import re
 import signal
 import sys
@@ -24,15 +22,14 @@ from archs.spec import NetSpec
 from training.data import Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device
 
-from .objective import COST_OBJECTIVES, Objective, TrialFailed
-from .results import fmt_pct, read_config, save_winner, write_config, write_trials_csv
+from .objective import Objective, TrialFailed
+from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
 from .storage import StudyLock, WorkerId, file_lock, mask, open_storage  # noqa: F401 (open_storage: re-export)
 from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, claim_winners, describe_exit,
                       check_interrupt, finished_count, interrupt_seen, is_counted, sigint_once, worker_device)
 
 OBJECTIVES = ("accuracy", "mflops", "params", "latency")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # counted when trained (see workers.is_counted)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
