@@ -19,7 +19,7 @@ from archs import NetSpec, build, count, latency, zoo
 from archs.errors import UserError, run_cli
 from archs.io import read_spec, save_model_dir
 from training.data import Splits, load_data
-from training.loop import TrainConfig, evaluate, fit
+from training.loop import TrainConfig, evaluate, fit, set_seed
 
 __all__ = ["resolve_spec", "train_model", "main"]
 
@@ -79,6 +79,7 @@ def train_model(source: str, splits: Splits | None = None, dataset: str = "digit
                         resolution if resolution is not None else (splits.resolution if source.startswith("zoo:")
                                                                    else None), zoo_kwargs)
     data = splits.resized(spec.input_size)
+    set_seed(seed)  # reproducible initial weights
     model = build(spec)
     cfg = TrainConfig(epochs=epochs, lr=3e-3 if lr is None else lr, batch_size=batch_size,
                       weight_decay=1e-4 if weight_decay is None else weight_decay, augment=data.augment,

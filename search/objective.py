@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from archs import build, estimate, latency
 from archs.spec import POOL_BLOCKS, NetSpec
 from training.data import Splits, TensorData
-from training.loop import TrainConfig, TrainingDiverged, fit
+from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
 from .workers import check_interrupt
@@ -88,6 +88,7 @@ class Objective:
             raise optuna.TrialPruned("no width multiplier fits the budget")
         spec = fitted.validate()
         cost = estimate(spec)
+        set_seed(self.train_cfg.seed + trial.number)  # the initial weights depend on the trial only, not on history
         model = build(spec)
         lat = latency(model, repeats=20, max_seconds=1.0)
         trial.set_user_attr("spec", spec.to_string())

@@ -6,6 +6,7 @@ import sys
 
 from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
+from training.data import AUGMENTS
 
 from .space import SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits (embedded, no download), mnist, fashion-mnist, cifar10, svhn, or folder:PATH")
     g.add_argument("--data-dir", default=None, help="where torchvision data sets live (default $EDGENAS_DATA_DIR or ./data)")
     g.add_argument("--download", action="store_true", help="download torchvision data sets if missing")
+    g.add_argument("--augment", choices=["auto", *AUGMENTS], default="auto",
+                   help="training augmentation: auto (what suits the data set: none for digits, random shifts for "
+                        "MNIST/SVHN, shifts and flips for photos), none, crop (random shifts), crop_flip")
     g.add_argument("--image-size", type=int, default=None, help="resize folder:PATH images to this side length (px)")
     g = p.add_argument_group("study")
     g.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (whole study)")
@@ -116,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
-        threads=args.threads, warm_start=args.warm_start)
+        threads=args.threads, warm_start=args.warm_start, augment=args.augment)
 
 
 def summary_table(result: dict) -> str:

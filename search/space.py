@@ -77,10 +77,10 @@ class SearchSpace:
     rho: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0)
     dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
     downsample: tuple[str, ...] = ("none", "stride", "maxpool")  # how a stage may halve the feature map
-    heads: tuple[str, ...] = ("pool", "flatten")
+    heads: tuple[str, ...] = ("pool", "flatten", "maxpool+flatten")  # global average pool, or flatten the map
     divisor: int = 4
     search_lr: bool = True
-    lr: tuple[float, float] = (2e-3, 2e-2)
+    lr: tuple[float, float] = (3e-3, 3e-2)      # AdamW, cosine to 0
     weight_decay: tuple[float, float] = (1e-5, 1e-3)
     min_feature: int = 2                        # do not downsample below this side length
 
@@ -150,6 +150,10 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
             args["rank_ratio"] = trial.suggest_categorical(p + "rank_ratio", list(space.rank_ratio))
         stages.append(StageSpec(block, ch, repeats, stride, kernel, args))
     head = trial.suggest_categorical("head", list(space.heads))
+    if head == "maxpool+flatten":  # LeNet's ending: halve the map, then flatten it into the classifier
+        head = "flatten"
+        if _stride_allowed(size, space.min_feature):
+            stages.append(StageSpec("maxpool", kernel=3, stride=2, args={"padding": 1}))
     dropout = trial.suggest_categorical("dropout", list(space.dropout))
     alpha = trial.suggest_float("alpha", space.alpha[0], space.alpha[1], log=True)
     hp: dict[str, Any] = {}
@@ -260,11 +264,11 @@ def _stage(i: int, block: str, channels: int, down: str, kernel: int = 3, **args
 
 
 #: Classic compact designs in the space's own parameters (alpha = upper bound, fitted to the budget like any
-#: sample): LeNet-like plain convolutions with max pooling and a flatten head, MobileNetV1-like depthwise-
+#: sample): LeNet-like conv -> pool -> conv -> pool -> flatten, MobileNetV1-like depthwise-
 #: separable, MobileNetV2-like inverted residual and SqueezeNet-like Fire stages with a pooled head.
 TEMPLATES: dict[str, dict[str, Any]] = {
-    "lenet-like": {"stem_channels": 8, "n_stages": 2, **_stage(0, "conv", 16, "maxpool"),
-                   **_stage(1, "conv", 32, "maxpool"), "head": "flatten", "dropout": 0.0},
+    "lenet-like": {"stem_channels": 8, "n_stages": 1, **_stage(0, "conv", 16, "maxpool"), "head": "maxpool+flatten",
+                   "dropout": 0.0},
     "mobilenet-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "dws", 32, "stride"),
                        **_stage(1, "dws", 64, "stride"), "head": "pool", "dropout": 0.0},
     "mobilenetv2-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "ir", 24, "stride", expand=4, se=0.0),
@@ -280,14 +284,18 @@ def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     """The classic designs this space can express, as fixed parameters for `study.enqueue_trial`.
 
     A search then starts from known-good compact networks (fitted to the budget like every sample) instead of
-    from random structures only, and the sampler learns from them; what it leaves unset (the learning rate,
-    weight decay) is sampled. Designs using a block, value or depth outside the space are left out.
+    from random structures only, and the sampler learns from them. Learning rate and weight decay (when searched)
+    are the centres of their ranges. Designs using a block, value or depth outside the space are left out.
     """
     choices: dict[str, tuple] = {"stem_channels": space.stem_channels, "kernel": space.kernels,
                                  "expand": space.expand, "se": space.se, "squeeze_ratio": space.squeeze_ratio,
                                  "pct3x3": space.pct3x3, "downsample": space.downsample, "head": space.heads,
                                  "dropout": space.dropout, "bypass": (False, True)}
     rho = min(space.rho, key=lambda r: abs(r - 1.0))
+    # a design is judged at the centre of the learning-rate and weight-decay ranges (log scale), not at a random
+    # draw: a poor draw would make a good design look bad, and TPE would steer away from it
+    hp = {"lr": math.sqrt(space.lr[0] * space.lr[1]),
+          "weight_decay": math.sqrt(space.weight_decay[0] * space.weight_decay[1])} if space.search_lr else {}
     out = []
     for name, params in TEMPLATES.items():
         ok = params["n_stages"] <= space.max_stages
@@ -300,5 +308,5 @@ def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
             elif base in choices:
                 ok &= value in choices[base]
         if ok:
-            out.append((name, {**params, "rho": rho, "alpha": space.alpha[1]}))
+            out.append((name, {**params, "rho": rho, "alpha": space.alpha[1], **hp}))
     return out

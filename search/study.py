@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from archs import Cost, build, count, latency
 from archs.errors import UserError
 from archs.spec import NetSpec
-from training.data import Splits, load_data
-from training.loop import TrainConfig, evaluate, fit, resolve_device
+from training.data import AUGMENTS, Splits, load_data
+from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
 from .objective import Objective, TrialFailed
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
@@ -71,6 +71,7 @@ class SearchConfig:
     n_workers: int = 1
     threads: int = 1
     warm_start: bool = True
+    augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
 
     @property
     def budget(self) -> Budget:
@@ -93,6 +94,8 @@ class SearchConfig:
             raise UserError(f"--timeout must be positive seconds, got {self.timeout!r}")
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise UserError(f"--sampler must be tpe, nsga2 or random, got {self.sampler!r}")
+        if self.augment not in ("auto", *AUGMENTS):
+            raise UserError(f"--augment must be auto, {', '.join(AUGMENTS)}; got {self.augment!r}")
         if self.pruner not in ("median", "hyperband", "none"):
             raise UserError(f"--pruner must be median, hyperband or none, got {self.pruner!r}")
         obj = self.objectives
@@ -239,7 +242,8 @@ def load_teacher(path: str, data: Splits, device: torch.device) -> torch.nn.Modu
 
 def train_config(cfg: SearchConfig, device: torch.device, data: Splits, epochs: int) -> TrainConfig:
     extra = {k: v for k, v in (("lr", cfg.lr), ("weight_decay", cfg.weight_decay)) if v is not None}
-    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, augment=data.augment, device=str(device),
+    augment = data.augment if cfg.augment == "auto" else cfg.augment
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, augment=augment, device=str(device),
                        seed=cfg.seed, **extra)
 
 
@@ -471,10 +475,11 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
         spec = NetSpec.from_dict(t.user_attrs["spec_json"])
         trainval = data.trainval().resized(spec.input_size).to(device)
         test = data.test.resized(spec.input_size).to(device)
-        model = build(spec).to(device)
         tcfg = train_config(cfg, device, data, cfg.final_epochs)
         hp = t.user_attrs.get("hparams", {})
         tcfg = TrainConfig(**{**tcfg.to_dict(), **hp, "seed": cfg.seed + t.number})
+        set_seed(tcfg.seed)  # initial weights reproducible whatever ran before in this process
+        model = build(spec).to(device)
         t0 = time.perf_counter()
         if cfg.final_epochs > 0:
             fit(model, trainval, None, tcfg, teacher=teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha)

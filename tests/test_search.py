@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from archs import build, count, estimate
 from archs.errors import UserError
@@ -128,11 +129,61 @@ def test_warm_start_respects_the_space_and_can_be_turned_off(tmp_path: Path):
 
     names = [n for n, _ in warm_start_trials(SearchSpace(blocks=("dws", "fire"), heads=("pool",)))]
     assert names == ["mobilenet-like", "squeezenet-like"]
-    assert warm_start_trials(SearchSpace(max_stages=1)) == []
+    assert [n for n, _ in warm_start_trials(SearchSpace(max_stages=1))] == ["lenet-like"]  # the one-stage design
+    assert warm_start_trials(SearchSpace(blocks=("ir", "fire"), max_stages=1)) == []
     main(["--budget-mflops", "0.05", "--trials", "1", "--study-name", "cold", "--out", str(tmp_path),
           "--no-warm-start", "--final-epochs", "0", *FAST[2:]])
     study = optuna.load_study(study_name="cold", storage=f"sqlite:///{tmp_path / 'cold/study.db'}")
     assert not any("template" in t.user_attrs for t in study.trials)
+
+
+def test_classic_designs_are_judged_at_the_centre_of_the_lr_and_weight_decay_ranges():
+    from search.space import warm_start_trials
+
+    space = SearchSpace(lr=(1e-3, 1e-1), weight_decay=(1e-6, 1e-2))
+    for _, params in warm_start_trials(space):
+        assert params["lr"] == pytest.approx(1e-2) and params["weight_decay"] == pytest.approx(1e-4)
+    space.search_lr = False  # --lr / --weight-decay fixed: nothing to enqueue for them
+    assert all("lr" not in p and "weight_decay" not in p for _, p in warm_start_trials(space))
+
+
+def test_lenet_like_design_pools_before_its_flatten_head():
+    from search.space import TEMPLATES, sample_structure
+
+    params = {**TEMPLATES["lenet-like"], "rho": 1.0, "alpha": 1.0, "lr": 1e-2, "weight_decay": 1e-4}
+    spec, _, _ = sample_structure(optuna.trial.FixedTrial(params), SearchSpace(), DataShape(1, 8, 10))
+    # conv stem -> pool -> conv -> pool -> flatten, as LeNet
+    assert [s.block for s in spec.stages] == ["maxpool", "conv", "maxpool"] and spec.head.kind == "flatten"
+    assert build(spec)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    # a map already at the smallest side length is flattened as it is
+    spec, _, _ = sample_structure(optuna.trial.FixedTrial(params), SearchSpace(min_feature=4), DataShape(1, 8, 10))
+    assert [s.block for s in spec.stages] == ["maxpool", "conv"] and spec.head.kind == "flatten"
+
+
+def test_augment_flag_overrides_what_suits_the_data_set():
+    from search.study import SearchConfig, train_config
+
+    data = load_data("digits", seed=0)
+    assert data.augment == "none"  # digits fill their 8x8 box: shifting them cuts strokes (README)
+    cfg = SearchConfig(budget_mflops=1.0)
+    assert train_config(cfg, torch.device("cpu"), data, 1).augment == "none"
+    cfg.augment = "crop"
+    assert train_config(cfg, torch.device("cpu"), data, 1).augment == "crop"
+    cfg.augment = "blur"
+    with pytest.raises(UserError, match="--augment"):
+        cfg.validate()
+
+
+def test_a_seeded_search_repeats_exactly_whatever_ran_before_in_the_process(tmp_path: Path):
+    args = ["--budget-mflops", "0.05", "--trials", "2", "--out", str(tmp_path), "--no-warm-start", *FAST[:4]]
+    main([*args, "--study-name", "a"])
+    torch.rand(1000), torch.nn.Linear(50, 50)  # use the global RNG, as a previous job in the process would
+    main([*args, "--study-name", "b"])
+    a, b = (pd.read_csv(tmp_path / n / "trials.csv") for n in "ab")
+    assert a["val_acc"].notna().any()
+    assert a["val_acc"].tolist() == b["val_acc"].tolist() and a["spec"].tolist() == b["spec"].tolist()
+    wa, wb = (json.loads((tmp_path / n / "best/metrics.json").read_text()) for n in "ab")
+    assert wa["test_acc"] == wb["test_acc"]
 
 
 def test_alpha_is_fitted_to_the_budget():
@@ -170,6 +221,7 @@ def test_impossible_budget_fails_before_training():
     (["--budget-mflops", "1", "--study-name", "../escape"], "study-name"),
     (["--budget-mflops", "1", "--objectives", "accuracy,speed"], "objectives"),
     (["--budget-mflops", "1", "--space", "fire,transformer"], "transformer"),
+    (["--budget-mflops", "1", "--augment", "blur"], "--augment"),
 ])
 def test_user_mistakes_give_one_line_errors(tmp_path: Path, args, needle):
     r = run_cli(*args, "--out", str(tmp_path), "--quiet")
