@@ -5,18 +5,23 @@ Every method gets the same number of trials and epochs per trial, on the same da
 - Baselines: a fixed hand-designed architecture (LeNet-style, MobileNetV1-style, SqueezeNet-style) whose width
   multiplier alpha is fitted to the budget by the same bisection the search uses; its trials tune learning rate
   and weight decay with TPE (the search samples these too), so trial budgets are equal.
-The best trial by validation accuracy of each method is retrained on train+val for --final-epochs and tested once.
+The best trial by validation accuracy of each method is retrained on train+val for --final-epochs, --retrains times
+with different seeds (the same function for every method), and tested; its test accuracy is the mean.
+(seed, method) runs are independent and run in --jobs parallel processes.
 
-    python benchmarks/search_quality.py --seeds 0 1 2 --trials 20 --epochs 15
+    python benchmarks/search_quality.py --seeds 0 1 2 --trials 40 --epochs 15
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
-import sys
 import shutil
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import optuna
@@ -27,10 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
-from search.space import Budget, analytic_fits, fit_alpha  # noqa: E402
+from search.space import Budget, SearchSpace, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
 from training.data import load_data  # noqa: E402
-from training.loop import TrainConfig, evaluate, fit  # noqa: E402
+from training.loop import TrainConfig, evaluate, fit, set_seed  # noqa: E402
+
+
+SPACE = SearchSpace()
 
 
 def baselines(divisor: int) -> dict[str, NetSpec]:
@@ -54,8 +62,23 @@ def baselines(divisor: int) -> dict[str, NetSpec]:
     }
 
 
+def final_tests(spec: NetSpec, hp: dict, data, final_epochs: int, batch_size: int, seed: int,
+                retrains: int) -> list[float]:
+    """Test accuracy of `spec` retrained `retrains` times (seeds differ) on train+val; the same for every method,
+    so the comparison is not decided by one lucky or unlucky initialisation on a 360-image test set."""
+    accs = []
+    for r in range(retrains):
+        cfg = TrainConfig(epochs=final_epochs, batch_size=batch_size, augment=data.augment, seed=1000 * (r + 1) + seed,
+                          **hp)
+        set_seed(cfg.seed)
+        model = build(spec)
+        fit(model, data.trainval(), None, cfg)
+        accs.append(evaluate(model, data.test))
+    return accs
+
+
 def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int) -> dict:
+                 batch_size: int, retrains: int) -> dict:
     fitted = fit_alpha(spec, 4.0, analytic_fits(budget), alpha_min=0.02)
     if fitted is None:
         return {"feasible": False}
@@ -63,26 +86,25 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 2e-3, 2e-2, log=True)
-        wd = trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True)
-        model = build(fitted)
+        lr = trial.suggest_float("lr", *SPACE.lr, log=True)  # the search's own ranges
+        wd = trial.suggest_float("weight_decay", *SPACE.weight_decay, log=True)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd, augment=data.augment,
                           seed=seed + trial.number)
+        set_seed(cfg.seed)
+        model = build(fitted)
         return fit(model, data.train, data.val, cfg).val_acc
 
     study.optimize(objective, n_trials=trials)
     best = study.best_trial
-    model = build(fitted)
-    fit(model, data.trainval(), None, TrainConfig(epochs=final_epochs, batch_size=batch_size, augment=data.augment,
-                                                   seed=seed + best.number, **best.params))
-    fv = count(model)
-    return {"feasible": True, "spec": fitted.to_string(), "best_val": best.value, "test": evaluate(model, data.test),
-            "over_budget_share": 0.0 if budget.fits(cost) else 1.0, "mean_budget_use": budget.share(cost),
+    tests = final_tests(fitted, best.params, data, final_epochs, batch_size, seed, retrains)
+    fv = count(build(fitted))
+    return {"feasible": True, "spec": fitted.to_string(), "best_val": best.value, "test": statistics.mean(tests),
+            "test_retrains": tests, "hparams": best.params, "over_budget_share": 0.0 if budget.fits(cost) else 1.0, "mean_budget_use": budget.share(cost),
             "fvcore_macs": fv.macs, "params": fv.params}
 
 
 def run_searcher(sampler: str, budget: Budget, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, out: str, threads: int) -> dict:
+                 batch_size: int, out: str, threads: int, retrains: int) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
@@ -91,23 +113,47 @@ def run_searcher(sampler: str, budget: Budget, trials: int, epochs: int, final_e
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
     w = res["winners"][0]
+    row = df[df["number"] == w["trial"]].iloc[0]
+    hp = {"lr": float(row["param_lr"]), "weight_decay": float(row["param_weight_decay"])}
+    tests = final_tests(NetSpec.from_string(w["spec"]), hp, load_data("digits", seed=seed), final_epochs, batch_size,
+                        seed, retrains)
     over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
-    return {"feasible": True, "spec": w["spec"], "best_val": float(trained["val_acc"].max()), "test": w["test_acc"],
+    return {"feasible": True, "spec": w["spec"], "best_val": float(row["val_acc"]), "test": statistics.mean(tests),
+            "test_retrains": tests, "hparams": hp, "test_search_retrain": w["test_acc"],
             "over_budget_share": float(over.mean()), "mean_budget_use": float(trained["budget_share"].mean()),
             "fvcore_macs": w["macs"], "params": w["params"],
             "infeasible_samples": int((df["fail_reason"].fillna("").str.startswith("infeasible")).sum())}
+
+
+def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -> dict:
+    """One method on one seed, in a worker process."""
+    quiet_library_warnings()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(args.threads)
+    if method.startswith("search ("):
+        return run_searcher(method[len("search ("):-1], budget, args.trials, args.epochs, args.final_epochs, seed,
+                            args.batch_size, args.out, args.threads, args.retrains)
+    data = load_data("digits", seed=seed)
+    return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
+                        seed, args.batch_size, args.retrains)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-mflops", type=float, default=0.02, help="million multiply-adds (fvcore)")
     ap.add_argument("--budget-params", type=float, default=1000)
-    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=40, help="trials per method (each trains one network)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--final-epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--retrains", type=int, default=3,
+                    help="retrain each method's chosen network this many times (different seeds); test = their mean")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny nets)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for tiny nets)")
+    ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                    help="(seed, method) runs in parallel processes (default: CPU cores, at most 4)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="run only the methods whose name contains one of these words (tpe, random, lenet, ...)")
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/search_quality.json"))
     ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality"),
                     help="where the TPE and random studies are kept (python -m analysis.report OUT/tpe-seed0 "
@@ -115,28 +161,28 @@ def main() -> None:
     args = ap.parse_args()
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(args.threads)
     budget = Budget(mflops=args.budget_mflops, params=args.budget_params)
-    runs: dict[str, list[dict]] = {}
-    t0 = time.time()
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for seed in args.seeds:
-        data = load_data("digits", seed=seed)
-        for sampler in ("tpe", "random"):
-            r = run_searcher(sampler, budget, args.trials, args.epochs, args.final_epochs, seed, args.batch_size,
-                             str(out), args.threads)
-            runs.setdefault(f"search ({sampler})", []).append(r)
-            print(f"seed {seed} {sampler:>6}: val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  "
-                  f"{r['spec']}  [{time.time() - t0:.0f}s]", flush=True)
-        for name, spec in baselines(divisor=4).items():
-            r = run_baseline(spec, budget, data, args.trials, args.epochs, args.final_epochs, seed, args.batch_size)
-            runs.setdefault(name, []).append(r)
+    methods = [m for m in ["search (tpe)", "search (random)", *baselines(divisor=4)]
+               if not args.methods or any(k in m for k in args.methods)]
+    tasks = [(seed, m) for seed in args.seeds for m in methods]
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    results: dict[tuple[int, str], dict] = {}
+    t0 = time.time()
+    # every (seed, method) is independent and seeded, so running them in parallel processes changes no figure
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_task, seed, m, args, budget): (seed, m) for seed, m in tasks}
+        for fut in as_completed(futures):
+            seed, m = futures[fut]
+            r = results[seed, m] = fut.result()
             msg = "infeasible" if not r["feasible"] else \
                 f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
-            print(f"seed {seed} {name}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
+            print(f"seed {seed} {m}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
+    for seed, m in tasks:
+        runs[m].append(results[seed, m])
     rows, summary = [], {}
     for name, rs in runs.items():
         ok = [r for r in rs if r["feasible"]]
