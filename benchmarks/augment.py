@@ -43,12 +43,14 @@ def main() -> None:
         vals, tests = [], []
         for seed in args.seeds:
             data = load_data("digits", seed=seed)
-            for split, epochs, sink in ((data.train, args.epochs, vals), (data.trainval(), args.final_epochs, tests)):
+            # a search trial (train -> val) and a winner's retraining (train+val -> test)
+            for train, held_out, epochs, sink in ((data.train, data.val, args.epochs, vals),
+                                                  (data.trainval(), data.test, args.final_epochs, tests)):
                 cfg = TrainConfig(epochs=epochs, batch_size=32, lr=args.lr, weight_decay=1e-4, augment=aug, seed=seed)
                 set_seed(seed)
                 model = build(spec)
-                fit(model, split, None, cfg)
-                sink.append(evaluate(model, data.val if sink is vals else data.test))
+                fit(model, train, None, cfg)
+                sink.append(evaluate(model, held_out))
         out[aug] = {"val": vals, "test": tests}
         rows.append([aug, f"{100 * statistics.mean(vals):.2f}", " / ".join(f"{100 * v:.1f}" for v in vals),
                      f"{100 * statistics.mean(tests):.2f}", " / ".join(f"{100 * v:.1f}" for v in tests)])

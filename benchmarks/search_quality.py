@@ -99,24 +99,24 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
     tests = final_tests(fitted, best.params, data, final_epochs, batch_size, seed, retrains)
     fv = count(build(fitted))
     return {"feasible": True, "spec": fitted.to_string(), "best_val": best.value, "test": statistics.mean(tests),
-            "test_retrains": tests, "hparams": best.params, "over_budget_share": 0.0 if budget.fits(cost) else 1.0, "mean_budget_use": budget.share(cost),
+            "test_retrains": tests, "hparams": best.params, "over_budget_share": 0.0 if budget.fits(cost) else 1.0,
+            "mean_budget_use": budget.share(cost),
             "fvcore_macs": fv.macs, "params": fv.params}
 
 
-def run_searcher(sampler: str, budget: Budget, trials: int, epochs: int, final_epochs: int, seed: int,
+def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
                  batch_size: int, out: str, threads: int, retrains: int) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
                        study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads)
-    res = run_search(cfg)
+    res = run_search(cfg, data=data)
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
     w = res["winners"][0]
     row = df[df["number"] == w["trial"]].iloc[0]
     hp = {"lr": float(row["param_lr"]), "weight_decay": float(row["param_weight_decay"])}
-    tests = final_tests(NetSpec.from_string(w["spec"]), hp, load_data("digits", seed=seed), final_epochs, batch_size,
-                        seed, retrains)
+    tests = final_tests(NetSpec.from_string(w["spec"]), hp, data, final_epochs, batch_size, seed, retrains)
     over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
     return {"feasible": True, "spec": w["spec"], "best_val": float(row["val_acc"]), "test": statistics.mean(tests),
             "test_retrains": tests, "hparams": hp, "test_search_retrain": w["test_acc"],
@@ -130,10 +130,10 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)
-    if method.startswith("search ("):
-        return run_searcher(method[len("search ("):-1], budget, args.trials, args.epochs, args.final_epochs, seed,
-                            args.batch_size, args.out, args.threads, args.retrains)
     data = load_data("digits", seed=seed)
+    if method.startswith("search ("):
+        return run_searcher(method[len("search ("):-1], budget, data, args.trials, args.epochs, args.final_epochs,
+                            seed, args.batch_size, args.out, args.threads, args.retrains)
     return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
                         seed, args.batch_size, args.retrains)
 
