@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=32, help="training batch size (images)")
     g.add_argument("--lr", type=_quantity, default=None, help="fixed learning rate (default: searched)")
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
+    g.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="label smoothing of the cross-entropy in trials and final retrains (0 = off)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
@@ -120,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
-        threads=args.threads, warm_start=args.warm_start, augment=args.augment)
+        threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing)
 
 
 def summary_table(result: dict) -> str:

@@ -72,6 +72,7 @@ class SearchConfig:
     threads: int = 1
     warm_start: bool = True
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
+    label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
 
     @property
     def budget(self) -> Budget:
@@ -96,6 +97,9 @@ class SearchConfig:
             raise UserError(f"--sampler must be tpe, nsga2 or random, got {self.sampler!r}")
         if self.augment not in ("auto", *AUGMENTS):
             raise UserError(f"--augment must be auto, {', '.join(AUGMENTS)}; got {self.augment!r}")
+        ls = self.label_smoothing
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {ls!r}")
         if self.pruner not in ("median", "hyperband", "none"):
             raise UserError(f"--pruner must be median, hyperband or none, got {self.pruner!r}")
         obj = self.objectives
@@ -244,7 +248,7 @@ def train_config(cfg: SearchConfig, device: torch.device, data: Splits, epochs: 
     extra = {k: v for k, v in (("lr", cfg.lr), ("weight_decay", cfg.weight_decay)) if v is not None}
     augment = data.augment if cfg.augment == "auto" else cfg.augment
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, augment=augment, device=str(device),
-                       seed=cfg.seed, **extra)
+                       seed=cfg.seed, label_smoothing=cfg.label_smoothing, **extra)
 
 
 def quiet_library_warnings() -> None:

@@ -174,6 +174,17 @@ def test_augment_flag_overrides_what_suits_the_data_set():
         cfg.validate()
 
 
+def test_label_smoothing_reaches_trials_and_retrains_and_can_be_turned_off():
+    from search.run import build_parser, config_from_args
+    from search.study import train_config
+
+    data = load_data("digits", seed=0)
+    cfg = config_from_args(build_parser().parse_args(["--budget-mflops", "1"]))
+    assert cfg.label_smoothing == 0.1 and train_config(cfg, torch.device("cpu"), data, 1).label_smoothing == 0.1
+    cfg = config_from_args(build_parser().parse_args(["--budget-mflops", "1", "--label-smoothing", "0"]))
+    assert train_config(cfg.validate(), torch.device("cpu"), data, 1).label_smoothing == 0.0
+
+
 def test_a_seeded_search_repeats_exactly_whatever_ran_before_in_the_process(tmp_path: Path):
     args = ["--budget-mflops", "0.05", "--trials", "2", "--out", str(tmp_path), "--no-warm-start", *FAST[:4]]
     main([*args, "--study-name", "a"])
@@ -222,6 +233,8 @@ def test_impossible_budget_fails_before_training():
     (["--budget-mflops", "1", "--objectives", "accuracy,speed"], "objectives"),
     (["--budget-mflops", "1", "--space", "fire,transformer"], "transformer"),
     (["--budget-mflops", "1", "--augment", "blur"], "--augment"),
+    (["--budget-mflops", "1", "--label-smoothing", "1"], "--label-smoothing"),
+    (["--budget-mflops", "1", "--label-smoothing", "x"], "--label-smoothing"),
 ])
 def test_user_mistakes_give_one_line_errors(tmp_path: Path, args, needle):
     r = run_cli(*args, "--out", str(tmp_path), "--quiet")
