@@ -63,13 +63,13 @@ def baselines(divisor: int) -> dict[str, NetSpec]:
 
 
 def final_tests(spec: NetSpec, hp: dict, data, final_epochs: int, batch_size: int, seed: int,
-                retrains: int) -> list[float]:
+                retrains: int, label_smoothing: float) -> list[float]:
     """Test accuracy of `spec` retrained `retrains` times (seeds differ) on train+val; the same for every method,
     so the comparison is not decided by one lucky or unlucky initialisation on a 360-image test set."""
     accs = []
     for r in range(retrains):
         cfg = TrainConfig(epochs=final_epochs, batch_size=batch_size, augment=data.augment, seed=1000 * (r + 1) + seed,
-                          **hp)
+                          label_smoothing=label_smoothing, **hp)
         set_seed(cfg.seed)
         model = build(spec)
         fit(model, data.trainval(), None, cfg)
@@ -78,7 +78,7 @@ def final_tests(spec: NetSpec, hp: dict, data, final_epochs: int, batch_size: in
 
 
 def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, retrains: int) -> dict:
+                 batch_size: int, retrains: int, label_smoothing: float) -> dict:
     fitted = fit_alpha(spec, 4.0, analytic_fits(budget), alpha_min=0.02)
     if fitted is None:
         return {"feasible": False}
@@ -89,14 +89,14 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
         lr = trial.suggest_float("lr", *SPACE.lr, log=True)  # the search's own ranges
         wd = trial.suggest_float("weight_decay", *SPACE.weight_decay, log=True)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd, augment=data.augment,
-                          seed=seed + trial.number)
+                          seed=seed + trial.number, label_smoothing=label_smoothing)
         set_seed(cfg.seed)
         model = build(fitted)
         return fit(model, data.train, data.val, cfg).val_acc
 
     study.optimize(objective, n_trials=trials)
     best = study.best_trial
-    tests = final_tests(fitted, best.params, data, final_epochs, batch_size, seed, retrains)
+    tests = final_tests(fitted, best.params, data, final_epochs, batch_size, seed, retrains, label_smoothing)
     fv = count(build(fitted))
     return {"feasible": True, "spec": fitted.to_string(), "best_val": best.value, "test": statistics.mean(tests),
             "test_retrains": tests, "hparams": best.params, "over_budget_share": 0.0 if budget.fits(cost) else 1.0,
@@ -105,18 +105,20 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
 
 
 def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, out: str, threads: int, retrains: int) -> dict:
+                 batch_size: int, out: str, threads: int, retrains: int, label_smoothing: float) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
-                       study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads)
+                       study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads,
+                       label_smoothing=label_smoothing)
     res = run_search(cfg, data=data)
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
     w = res["winners"][0]
     row = df[df["number"] == w["trial"]].iloc[0]
     hp = {"lr": float(row["param_lr"]), "weight_decay": float(row["param_weight_decay"])}
-    tests = final_tests(NetSpec.from_string(w["spec"]), hp, data, final_epochs, batch_size, seed, retrains)
+    tests = final_tests(NetSpec.from_string(w["spec"]), hp, data, final_epochs, batch_size, seed, retrains,
+                        label_smoothing)
     over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
     return {"feasible": True, "spec": w["spec"], "best_val": float(row["val_acc"]), "test": statistics.mean(tests),
             "test_retrains": tests, "hparams": hp, "test_search_retrain": w["test_acc"],
@@ -133,9 +135,9 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
     data = load_data("digits", seed=seed)
     if method.startswith("search ("):
         return run_searcher(method[len("search ("):-1], budget, data, args.trials, args.epochs, args.final_epochs,
-                            seed, args.batch_size, args.out, args.threads, args.retrains)
+                            seed, args.batch_size, args.out, args.threads, args.retrains, args.label_smoothing)
     return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
-                        seed, args.batch_size, args.retrains)
+                        seed, args.batch_size, args.retrains, args.label_smoothing)
 
 
 def main() -> None:
@@ -148,6 +150,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--retrains", type=int, default=3,
                     help="retrain each method's chosen network this many times (different seeds); test = their mean")
+    ap.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing,
+                    help="for every method, as in search.run (default: the search's default)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for tiny nets)")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
