@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=32, help="training batch size (images)")
     g.add_argument("--lr", type=_quantity, default=None, help="fixed learning rate (default: searched)")
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
-    g.add_argument("--label-smoothing", type=float, default=0.1,
+    g.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing,
                    help="label smoothing of the cross-entropy in trials and final retrains (0 = off)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
