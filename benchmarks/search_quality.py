@@ -105,12 +105,13 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
 
 
 def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, out: str, threads: int, retrains: int, label_smoothing: float) -> dict:
+                 batch_size: int, out: str, threads: int, retrains: int, label_smoothing: float,
+                 confirm: float) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
                        study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads,
-                       label_smoothing=label_smoothing)
+                       label_smoothing=label_smoothing, confirm=confirm)
     res = run_search(cfg, data=data)
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
@@ -120,7 +121,8 @@ def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, f
     tests = final_tests(NetSpec.from_string(w["spec"]), hp, data, final_epochs, batch_size, seed, retrains,
                         label_smoothing)
     over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
-    return {"feasible": True, "spec": w["spec"], "best_val": float(row["val_acc"]), "test": statistics.mean(tests),
+    return {"feasible": True, "spec": w["spec"], "best_val": w["val_acc"], "val_runs": w["val_evals"],
+            "test": statistics.mean(tests),
             "test_retrains": tests, "hparams": hp, "test_search_retrain": w["test_acc"],
             "over_budget_share": float(over.mean()), "mean_budget_use": float(trained["budget_share"].mean()),
             "fvcore_macs": w["macs"], "params": w["params"],
@@ -135,7 +137,8 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
     data = load_data("digits", seed=seed)
     if method.startswith("search ("):
         return run_searcher(method[len("search ("):-1], budget, data, args.trials, args.epochs, args.final_epochs,
-                            seed, args.batch_size, args.out, args.threads, args.retrains, args.label_smoothing)
+                            seed, args.batch_size, args.out, args.threads, args.retrains, args.label_smoothing,
+                            args.confirm)
     return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
                         seed, args.batch_size, args.retrains, args.label_smoothing)
 
@@ -152,6 +155,8 @@ def main() -> None:
                     help="retrain each method's chosen network this many times (different seeds); test = their mean")
     ap.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing,
                     help="for every method, as in search.run (default: the search's default)")
+    ap.add_argument("--confirm", type=float, default=SearchConfig.confirm,
+                    help="share of the searches' trials re-training their leaders (as search.run; 0 = off)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for tiny nets)")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),

@@ -14,6 +14,7 @@ from archs.spec import POOL_BLOCKS, NetSpec
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
+from .confirm import CONFIRMS
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
 from .workers import check_interrupt
 
@@ -107,6 +108,7 @@ class Objective:
         train, val = self.split(spec.input_size)
         curve: list[float] = []
         own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat}
+        confirming = CONFIRMS in trial.user_attrs  # a re-evaluation runs to the end: its mean must be fair
 
         def on_epoch(epoch: int, acc: float) -> None:
             check_interrupt()  # a Ctrl-C whose KeyboardInterrupt Python dropped stops the trial here
@@ -114,7 +116,7 @@ class Objective:
             trial.set_user_attr("curve", curve)
             if self.stopper is None:
                 trial.report(acc, epoch)
-                if trial.should_prune():
+                if not confirming and trial.should_prune():
                     trial.set_user_attr("epochs_run", epoch)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
             elif self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key]):

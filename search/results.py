@@ -13,17 +13,24 @@ import torch
 from archs.export import export_onnx, onnx_max_diff
 from archs.io import atomic_write_json, atomic_write_text, save_model_dir
 
+from .confirm import candidate_of, rank_candidates
+
 #: user attributes every trial records, in table order
-TRIAL_ATTRS = ("spec", "template", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count", "latency_ms",
+TRIAL_ATTRS = ("spec", "template", "confirms", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count", "latency_ms",
                "budget_share", "val_acc", "best_val_acc", "epochs_run", "train_seconds", "fail_reason")
-#: derived columns: `infeasible` (sampled, never trained), `last_val_acc` (last epoch reached, also for pruned trials)
-DERIVED = ("infeasible", "last_val_acc")
+#: derived columns: `infeasible` (sampled, never trained), `last_val_acc` (last epoch reached, also for pruned
+#: trials), `candidate_val_acc` / `candidate_evals`: mean validation accuracy of the trial's candidate over its
+#: completed evaluations (the trial and its confirmations, search.confirm) and their number
+DERIVED = ("infeasible", "last_val_acc", "candidate_val_acc", "candidate_evals")
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, timing, every searched parameter (param_*), costs, accuracy, failure reason."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    single = len(study.directions) == 1
+    scores = {s.trial.number: s for s in rank_candidates(trials)} if single else {}
+    for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name,
                                "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
                                "duration_s": t.duration.total_seconds() if t.duration else float("nan")}
@@ -34,6 +41,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["infeasible"] = bool(t.user_attrs.get("infeasible", False))
         curve = t.user_attrs.get("curve") or []
         row["last_val_acc"] = curve[-1] if curve else None
+        score = scores.get(candidate_of(t))
+        row["candidate_val_acc"] = score.mean if score else None
+        row["candidate_evals"] = score.evals if score else None
         if t.values is not None and len(t.values) > 1:
             for i, v in enumerate(t.values):
                 row[f"value_{i}"] = v

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
     g.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing,
                    help="label smoothing of the cross-entropy in trials and final retrains (0 = off)")
+    g.add_argument("--confirm", type=float, default=SearchConfig.confirm,
+                   help="share of --trials spent re-training the 3 leading candidates with new seeds; candidates "
+                        "are ranked by mean validation accuracy over their runs (0 = off; single objective only)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
@@ -122,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
-        threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing)
+        threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing, confirm=args.confirm)
 
 
 def summary_table(result: dict) -> str:
@@ -131,19 +134,26 @@ def summary_table(result: dict) -> str:
 
     df = result["trials"]
     lines = []
-    done = df[df["state"] == "COMPLETE"].sort_values("val_acc", ascending=False).head(5)
+    done = df[df["state"] == "COMPLETE"]
+    if len(done) and done["candidate_val_acc"].notna().any():
+        # one row per candidate: the mean over the trial and its confirmations (search.confirm)
+        done = done[done["confirms"].isna()]
+        done = done.assign(val=done["candidate_val_acc"], runs=done["candidate_evals"])
+    else:
+        done = done.assign(val=done["val_acc"], runs=1)
+    done = done.sort_values("val", ascending=False).head(5)
     if len(done):
         rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}", f"{r.latency_ms:.2f}",
-                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val_acc:.2f}"] for r in done.itertuples()]
+                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val:.2f}", int(r.runs)] for r in done.itertuples()]
         lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", "latency ms", "budget used",
-                                             "val acc %"], tablefmt="github"))
+                                             "val acc %", "runs"], tablefmt="github"))
     states = df["state"].value_counts().to_dict() if len(df) else {}
     lines.append("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
     if result["winners"]:
         rows = [[w["rank"], w["trial"], f"{w['mflops']:.4f}", f"{w['params']:,}", f"{w['latency_ms']:.2f}",
-                 f"{100 * w['val_acc']:.2f}" if w.get("val_acc") is not None else "-", f"{100 * w['test_acc']:.2f}",
-                 w["dir"]] for w in result["winners"]]
-        lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", "latency ms", "val acc %",
+                 f"{100 * w['val_acc']:.2f}" if w.get("val_acc") is not None else "-", w.get("val_evals", 1),
+                 f"{100 * w['test_acc']:.2f}", w["dir"]] for w in result["winners"]]
+        lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", "latency ms", "val acc %", "runs",
                                              "test acc %", "saved to"], tablefmt="github"))
     if result.get("note"):
         lines.append(result["note"])

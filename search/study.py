@@ -22,6 +22,7 @@ from archs.spec import NetSpec
 from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
+from .confirm import CONFIRMS, next_confirmation, rank_candidates
 from .objective import Objective, TrialFailed
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
@@ -73,6 +74,7 @@ class SearchConfig:
     warm_start: bool = True
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
     label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
+    confirm: float = 0.2               # share of --trials re-training the leaders with new seeds (search.confirm)
 
     @property
     def budget(self) -> Budget:
@@ -100,6 +102,9 @@ class SearchConfig:
         ls = self.label_smoothing
         if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
             raise UserError(f"--label-smoothing must be in [0, 1), got {ls!r}")
+        c = self.confirm
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 0.5:
+            raise UserError(f"--confirm must be a share of --trials in [0, 0.5], got {c!r}")
         if self.pruner not in ("median", "hyperband", "none"):
             raise UserError(f"--pruner must be median, hyperband or none, got {self.pruner!r}")
         obj = self.objectives
@@ -368,8 +373,14 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
         if not cfg.quiet:
             tqdm.write(trial_line(t))
 
+    def before_ask(trials: list[FrozenTrial], counted: int, running: int) -> None:
+        leader = next_confirmation(trials, counted, running, cfg.trials, cfg.confirm)
+        if leader is not None:
+            study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
+
     loop = TrialLoop(study, objective, n_trials=cfg.trials, lock=lock, worker=worker, timeout=cfg.timeout,
-                     after_trial=after_trial, log=(lambda s: None) if cfg.quiet else tqdm.write, catch=(TrialFailed,))
+                     after_trial=after_trial, log=(lambda s: None) if cfg.quiet else tqdm.write, catch=(TrialFailed,),
+                     before_ask=None if cfg.multi else before_ask)
     try:
         return loop.run()
     finally:
@@ -457,12 +468,12 @@ def _best_value(study: optuna.Study) -> float | None:
     return max(vals) if vals else None
 
 
-def select_winners(study: optuna.Study, k: int, multi: bool) -> list[FrozenTrial]:
-    """Top-k by validation accuracy, or the Pareto set (best_trials) of a multi-objective study."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+def select_winners(study: optuna.Study, k: int, multi: bool) -> list[tuple[FrozenTrial, float, int]]:
+    """(trial, validation accuracy, evaluations) of the top-k candidates by mean validation accuracy over their
+    evaluations (search.confirm), or of the Pareto set (best_trials) of a multi-objective study."""
     if multi:
-        return sorted(study.best_trials, key=lambda t: (-t.values[0], t.values[1]))
-    return sorted(complete, key=lambda t: (-t.values[0], t.user_attrs.get("mflops", 0), t.number))[:k]
+        return [(t, t.values[0], 1) for t in sorted(study.best_trials, key=lambda t: (-t.values[0], t.values[1]))]
+    return [(s.trial, s.mean, s.evals) for s in rank_candidates(study.get_trials(deepcopy=False))[:k]]
 
 
 def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device: torch.device,
@@ -474,7 +485,7 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
     d = study_dir(cfg)
     out = []
     bar = tqdm(winners, desc="retrain winners", unit="model", disable=cfg.quiet, dynamic_ncols=True)
-    for rank, t in enumerate(bar, 1):
+    for rank, (t, val_acc, evals) in enumerate(bar, 1):
         check_interrupt()
         spec = NetSpec.from_dict(t.user_attrs["spec_json"])
         trainval = data.trainval().resized(spec.input_size).to(device)
@@ -497,7 +508,7 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
         lat1 = latency(model, batch_size=1)
         metrics = {"trial": t.number, "rank": rank, "spec": spec.to_string(), "mflops": counted.macs / 1e6,
                    "macs": counted.macs, "params": counted.params, "latency_ms": lat1,
-                   "val_acc": t.user_attrs.get("val_acc"), "test_acc": test_acc, "final_epochs": cfg.final_epochs,
+                   "val_acc": val_acc, "val_evals": evals, "test_acc": test_acc, "final_epochs": cfg.final_epochs,
                    "retrain_seconds": seconds, "budget_share": cfg.budget.share(Cost(counted.macs, counted.params), lat1),
                    "dataset": cfg.dataset, "distilled_from": cfg.distill_from,
                    "saved_by": str(saved_by or WorkerId.current())}

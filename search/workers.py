@@ -158,8 +158,10 @@ class TrialLoop:
                  lock: StudyLock, worker: WorkerId, timeout: float | None = None,
                  after_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                  log: Callable[[str], None] | None = None, catch: tuple[type[BaseException], ...] = (),
-                 max_asks: int | None = None, poll_s: float = 0.5):
+                 max_asks: int | None = None, poll_s: float = 0.5,
+                 before_ask: Callable[[list[FrozenTrial], int, int], None] | None = None):
         self.study, self.objective, self.n_trials, self.lock, self.worker = study, objective, n_trials, lock, worker
+        self.before_ask = before_ask  # (trials, counted, running), under the lock: may enqueue the next trial
         self.timeout, self.after_trial, self.catch = timeout, after_trial, catch
         self.log = log or (lambda s: None)
         self.max_asks = max_asks if max_asks is not None else 20 * n_trials + 100
@@ -211,7 +213,9 @@ class TrialLoop:
             running = sum(1 for t in trials if t.state == TrialState.RUNNING)
             if counted + running >= self.n_trials:
                 return None, False
-            trial = self.study.ask()  # pops a queued (retried) trial first
+            if self.before_ask is not None:
+                self.before_ask(trials, counted, running)
+            trial = self.study.ask()  # pops a queued (retried, confirming) trial first
             if heartbeat_enabled(self.study._storage):
                 # heartbeat first: a trial without one is only found lost by its missing "worker" attribute
                 self.study._storage.record_heartbeat(trial._trial_id)

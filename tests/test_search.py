@@ -185,6 +185,58 @@ def test_label_smoothing_reaches_trials_and_retrains_and_can_be_turned_off():
     assert train_config(cfg.validate(), torch.device("cpu"), data, 1).label_smoothing == 0.0
 
 
+def _finished(number: int, value: float | None, confirms: int | None = None, state=None) -> optuna.trial.FrozenTrial:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    attrs = {"mflops": 0.01, **({"confirms": confirms} if confirms is not None else {})}
+    t = create_trial(state=TrialState.COMPLETE if state is None else state, value=value, params={"lr": 0.01},
+                     distributions={"lr": FloatDistribution(1e-3, 1e-1)}, user_attrs=attrs)
+    t.number = number
+    return t
+
+
+def test_confirmations_rerun_a_lucky_leader_first_and_rank_candidates_by_their_mean():
+    from optuna.trial import TrialState
+    from search.confirm import next_confirmation, rank_candidates
+
+    trials = [_finished(0, 0.95), _finished(1, 0.99), _finished(2, 0.97), _finished(3, 0.96),
+              _finished(4, 0.96, confirms=2)]
+    # exploring: 5 of 10 trials done, 2 (= 0.2 x 10) are kept for confirmations
+    assert next_confirmation(trials, counted=5, running=0, n_trials=10, share=0.2) is None
+    assert next_confirmation(trials, counted=7, running=0, n_trials=10, share=0.0) is None
+    # confirming: of the three leaders (1, 2 and 3), the once-run ones come first, the better one on a tie
+    assert next_confirmation(trials, counted=8, running=0, n_trials=10, share=0.2).number == 1
+    # the lucky 99 % re-runs at 93 %: trial 2 (97 %, 96 %) now leads, trial 3 is the least evaluated leader
+    trials.append(_finished(5, 0.93, confirms=1))
+    assert [(s.trial.number, round(s.mean, 3), s.evals) for s in rank_candidates(trials)][:3] == \
+        [(2, 0.965, 2), (1, 0.96, 2), (3, 0.96, 1)]
+    assert next_confirmation(trials, counted=9, running=0, n_trials=10, share=0.2).number == 3
+    # a confirmation already queued or running counts as an evaluation; a queued trial (a retry) goes first
+    running = [*trials, _finished(6, None, confirms=3, state=TrialState.RUNNING)]
+    assert next_confirmation(running, counted=9, running=1, n_trials=12, share=0.5).number == 2
+    assert next_confirmation([*trials, _finished(6, None, state=TrialState.WAITING)], 9, 0, 10, 0.2) is None
+
+
+def test_confirmation_trials_rerun_the_leaders_and_winners_are_ranked_by_the_mean(tmp_path: Path):
+    main(["--budget-mflops", "0.05", "--trials", "5", "--confirm", "0.4", "--epochs", "2", "--final-epochs", "1",
+          "--quiet", "--top-k", "2", "--study-name", "c", "--out", str(tmp_path), "--pruner", "median"])
+    df = pd.read_csv(tmp_path / "c/trials.csv")
+    trained = df[df["val_acc"].notna()]
+    confirming = trained[trained["confirms"].notna()]
+    assert len(trained) == 5 and len(confirming) == 2  # 0.4 x 5 trials re-train leaders
+    assert (confirming["number"] >= 3).all() and (confirming["epochs_run"] == 2).all()  # never pruned
+    for r in confirming.itertuples():
+        orig = trained[trained["number"] == int(r.confirms)].iloc[0]
+        assert orig["spec"] == r.spec and orig["param_lr"] == r.param_lr  # the same candidate, another seed
+        runs = trained[(trained["number"] == orig["number"]) | (trained["confirms"] == orig["number"])]
+        assert r.candidate_val_acc == pytest.approx(runs["val_acc"].mean()) and r.candidate_evals == len(runs)
+    best = json.loads((tmp_path / "c/best/metrics.json").read_text())
+    row = trained[trained["number"] == best["trial"]].iloc[0]
+    assert best["val_acc"] == pytest.approx(row["candidate_val_acc"]) and best["val_evals"] == row["candidate_evals"]
+    assert best["val_acc"] == pytest.approx(trained[trained["confirms"].isna()]["candidate_val_acc"].max())
+
+
 def test_a_seeded_search_repeats_exactly_whatever_ran_before_in_the_process(tmp_path: Path):
     args = ["--budget-mflops", "0.05", "--trials", "2", "--out", str(tmp_path), "--no-warm-start", *FAST[:4]]
     main([*args, "--study-name", "a"])
@@ -235,6 +287,8 @@ def test_impossible_budget_fails_before_training():
     (["--budget-mflops", "1", "--augment", "blur"], "--augment"),
     (["--budget-mflops", "1", "--label-smoothing", "1"], "--label-smoothing"),
     (["--budget-mflops", "1", "--label-smoothing", "x"], "--label-smoothing"),
+    (["--budget-mflops", "1", "--confirm", "0.9"], "--confirm"),
+    (["--budget-mflops", "1", "--confirm", "x"], "--confirm"),
 ])
 def test_user_mistakes_give_one_line_errors(tmp_path: Path, args, needle):
     r = run_cli(*args, "--out", str(tmp_path), "--quiet")

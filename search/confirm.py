@@ -1,0 +1,82 @@
+"""Confirmation trials: the last share of --trials re-train the leading candidates with new seeds.
+
+One training run of a small network on a few hundred validation images is noisy (the same network and learning
+rate differ by a point or more between seeds), so the best single run is often a lucky one. As in SMAC's
+intensification, leaders are re-evaluated and candidates are ranked by their mean validation accuracy.
+A candidate is a trial's full parameter set (structure, alpha, learning rate, weight decay); a confirmation trial
+repeats it with another seed (seeds follow the trial number) and records which trial it confirms.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+CONFIRMS = "confirms"  # user attribute: the number of the trial whose candidate this trial re-evaluates
+LEADERS = 3            # how many leading candidates share the confirmation trials
+
+
+def candidate_of(t: FrozenTrial) -> int:
+    """The trial number that names `t`'s candidate (its own number unless it confirms another trial)."""
+    return int(t.user_attrs.get(CONFIRMS, t.number))
+
+
+@dataclass
+class CandidateScore:
+    """A candidate's completed evaluations; `trial` is the first one (its parameters, spec and seed)."""
+
+    trial: FrozenTrial
+    values: list[float] = field(default_factory=list)
+    pending: int = 0  # confirmations queued or running
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def evals(self) -> int:
+        return len(self.values)
+
+
+def rank_candidates(trials: Sequence[FrozenTrial]) -> list[CandidateScore]:
+    """Candidates with at least one completed evaluation, best mean validation accuracy first (then fewer MFLOPs,
+    then the earlier trial). Single-objective studies only."""
+    by_number = {t.number: t for t in trials}
+    scores: dict[int, CandidateScore] = {}
+    for t in trials:
+        c = candidate_of(t)
+        if c not in by_number:
+            continue
+        s = scores.setdefault(c, CandidateScore(by_number[c]))
+        if t.state == TrialState.COMPLETE and t.values:
+            s.values.append(t.values[0])
+        elif t.state in (TrialState.RUNNING, TrialState.WAITING) and c != t.number:
+            s.pending += 1
+    done = [s for s in scores.values() if s.values and s.trial.state == TrialState.COMPLETE]
+    return sorted(done, key=lambda s: (-s.mean, s.trial.user_attrs.get("mflops", 0), s.trial.number))
+
+
+def confirmation_count(n_trials: int, share: float) -> int:
+    """Trials of a study of `n_trials` spent on confirmations (the rest explore)."""
+    return int(round(share * n_trials))
+
+
+def next_confirmation(trials: Sequence[FrozenTrial], counted: int, running: int, n_trials: int,
+                      share: float) -> FrozenTrial | None:
+    """The trial whose candidate the next trial should re-evaluate, or None to sample a new candidate.
+
+    Confirmations fill the last `share` of the study. Of the `LEADERS` best candidates by mean, the one with the
+    fewest evaluations (done or pending) goes next, the better one on a tie: a lucky single run is re-run first.
+    """
+    n_confirm = confirmation_count(n_trials, share)
+    if n_confirm <= 0 or counted + running < n_trials - n_confirm:
+        return None
+    if any(t.state == TrialState.WAITING for t in trials):  # a queued trial (a retry) goes first
+        return None
+    leaders = rank_candidates(trials)[:LEADERS]
+    if not leaders:
+        return None
+    pick = min(enumerate(leaders), key=lambda il: (il[1].evals + il[1].pending, il[0]))[1]
+    return pick.trial
