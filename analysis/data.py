@@ -11,6 +11,9 @@ One row per trial. Column conventions (accuracy in [0, 1], MFLOPs = million mult
 - costs: ``mflops``, ``params``, ``latency_ms`` (median CPU ms at batch 1), ``budget_share`` (largest fraction
   of any budget used; 1.0 = at the limit)
 - results: ``val_acc`` (validation accuracy at the last epoch; what the search optimizes), ``best_val_acc``,
+  ``confirms`` (the trial whose candidate a confirmation trial re-trained with another seed, else NaN),
+  ``candidate_val_acc`` and ``candidate_evals`` (mean validation accuracy of the trial's candidate over its
+  completed runs, which ranks the winners, and their number),
   ``test_acc`` and ``winner_rank`` (winners only: retrained on train+val and tested once), ``epochs_run``,
   ``train_seconds``, ``fail_reason``
 - ``value_0``, ``value_1``: the raw objective values of a multi-objective study
@@ -38,9 +41,14 @@ __all__ = ["StudySource", "open_sources", "open_study", "load", "load_stages", "
 #: tidy columns in table order (``value_*``, ``param_*``, ``winner_dir`` follow)
 TRIAL_COLUMNS = ["study", "number", "state", "infeasible", "duration_s", "datetime_start", "datetime_complete",
                  "blocks", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
-                 "latency_ms", "budget_share", "val_acc", "best_val_acc", "test_acc", "winner_rank", "epochs_run",
-                 "train_seconds", "fail_reason", "spec", "sampler", "objectives"]
+                 "latency_ms", "budget_share", "val_acc", "best_val_acc", "confirms", "candidate_val_acc",
+                 "candidate_evals", "test_acc", "winner_rank", "epochs_run", "train_seconds", "fail_reason", "spec",
+                 "sampler", "objectives"]
 
+#: the numeric ones among them
+NUMERIC = ["duration_s", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
+           "latency_ms", "budget_share", "val_acc", "best_val_acc", "confirms", "candidate_val_acc", "candidate_evals",
+           "test_acc", "winner_rank", "epochs_run", "train_seconds"]
 _NOT_BLOCKS = ("maxpool",)  # layer kinds recorded in `blocks` that are not catalog blocks
 _STORAGE_FILES = ("study.db", "journal", "study.journal", "journal.log")
 
@@ -327,10 +335,7 @@ def _tidy(raw: pd.DataFrame, src: StudySource) -> pd.DataFrame:
             df.loc[hit, "test_acc"] = w.get("test_acc", math.nan)
             df.loc[hit, "winner_rank"] = w.get("rank", math.nan)
             df.loc[hit, "winner_dir"] = w.get("dir")
-    num = ["duration_s", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
-           "latency_ms", "budget_share", "val_acc", "best_val_acc", "test_acc", "winner_rank", "epochs_run",
-           "train_seconds"]
-    for c in num:
+    for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["number"] = pd.to_numeric(df["number"], errors="coerce").astype("int64")
     values = sorted(c for c in df.columns if c.startswith("value_"))
@@ -354,9 +359,7 @@ def load(source: Any, study_name: str | None = None) -> pd.DataFrame:
     values = sorted(c for c in df.columns if c.startswith("value_"))
     params = sorted(c for c in df.columns if c.startswith("param_"))
     df = df[lead + values + params + ["winner_dir"]]
-    for c in ("duration_s", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
-              "latency_ms", "budget_share", "val_acc", "best_val_acc", "test_acc", "winner_rank", "epochs_run",
-              "train_seconds", *values):
+    for c in (*NUMERIC, *values):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["infeasible"] = df["infeasible"].astype(bool)
     return df

@@ -235,6 +235,12 @@ def test_confirmation_trials_rerun_the_leaders_and_winners_are_ranked_by_the_mea
     row = trained[trained["number"] == best["trial"]].iloc[0]
     assert best["val_acc"] == pytest.approx(row["candidate_val_acc"]) and best["val_evals"] == row["candidate_evals"]
     assert best["val_acc"] == pytest.approx(trained[trained["confirms"].isna()]["candidate_val_acc"].max())
+    import analysis  # users see the same columns in the analysis frame
+
+    tidy = analysis.load(tmp_path / "c")
+    assert tidy["confirms"].notna().sum() == 2
+    assert tidy.set_index("number")["candidate_val_acc"].dropna().to_dict() == \
+        pytest.approx(df.set_index("number")["candidate_val_acc"].dropna().to_dict())
 
 
 def test_a_seeded_search_repeats_exactly_whatever_ran_before_in_the_process(tmp_path: Path):
