@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -152,6 +153,38 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
                         seed, args.batch_size, args.retrains, args.label_smoothing, args.confirm)
 
 
+def report(runs: dict[str, list[dict]], cfg: dict) -> dict:
+    """Print the comparison table and TPE's margin over every other method; returns the per-method summary."""
+    rows, summary = [], {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if r["feasible"]]
+        if not ok:
+            rows.append([name, "infeasible", "", "", "", ""])
+            continue
+        s = {k: statistics.mean(r[k] for r in ok) for k in ("best_val", "test", "over_budget_share", "mean_budget_use")}
+        s["test_per_seed"] = [r["test"] for r in ok]
+        s["val_per_seed"] = [r["best_val"] for r in ok]
+        summary[name] = s
+        rows.append([name, f"{100 * s['best_val']:.2f}", f"{100 * s['test']:.2f}",
+                     " / ".join(f"{100 * v:.1f}" for v in s["test_per_seed"]),
+                     f"{100 * s['over_budget_share']:.0f}%", f"{100 * s['mean_budget_use']:.0f}%"])
+    print(f"\nDigits 8x8, budget {cfg['budget_mflops']:g} MFLOPs (million multiply-adds, fvcore) and "
+          f"{cfg['budget_params']:g} params; {cfg['trials']} trials x {cfg['epochs']} epochs per method, final retrain "
+          f"{cfg['final_epochs']} epochs; mean over seeds {cfg['seeds']}")
+    print(tabulate(rows, headers=["method", "val acc % (pick)", "test acc %", "test per seed %",
+                                  "trials over budget", "mean budget use"], tablefmt="github"))
+    tpe = [x for r in runs.get("search (tpe)", []) if r["feasible"] for x in r["test_retrains"]]
+    for name, rs in runs.items():
+        other = [x for r in rs if r["feasible"] for x in r["test_retrains"]]
+        if name == "search (tpe)" or len(tpe) < 2 or len(other) < 2:
+            continue
+        diff = statistics.mean(tpe) - statistics.mean(other)
+        se = math.sqrt(statistics.variance(tpe) / len(tpe) + statistics.variance(other) / len(other))
+        print(f"TPE minus {name}: {100 * diff:+.2f} test points, standard error {100 * se:.2f} "
+              f"({len(tpe)} and {len(other)} retrains)")
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-mflops", type=float, default=0.02, help="million multiply-adds (fvcore)")
@@ -173,11 +206,17 @@ def main() -> None:
                     help="(seed, method) runs in parallel processes (default: CPU cores, at most 4)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="run only the methods whose name contains one of these words (tpe, random, lenet, ...)")
+    ap.add_argument("--summarize", metavar="JSON", default=None,
+                    help="print the table of a saved run's JSON again, without training")
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/search_quality.json"))
     ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality"),
                     help="where the TPE and random studies are kept (python -m analysis.report OUT/tpe-seed0 "
                          "OUT/random-seed0 compares them); an existing folder is replaced")
     args = ap.parse_args()
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        report(saved["runs"], saved["config"])
+        return
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = Budget(mflops=args.budget_mflops, params=args.budget_params)
@@ -202,24 +241,7 @@ def main() -> None:
             print(f"seed {seed} {m}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
     for seed, m in tasks:
         runs[m].append(results[seed, m])
-    rows, summary = [], {}
-    for name, rs in runs.items():
-        ok = [r for r in rs if r["feasible"]]
-        if not ok:
-            rows.append([name, "infeasible", "", "", "", ""])
-            continue
-        s = {k: statistics.mean(r[k] for r in ok) for k in ("best_val", "test", "over_budget_share", "mean_budget_use")}
-        s["test_per_seed"] = [r["test"] for r in ok]
-        s["val_per_seed"] = [r["best_val"] for r in ok]
-        summary[name] = s
-        rows.append([name, f"{100 * s['best_val']:.2f}", f"{100 * s['test']:.2f}",
-                     " / ".join(f"{100 * v:.1f}" for v in s["test_per_seed"]),
-                     f"{100 * s['over_budget_share']:.0f}%", f"{100 * s['mean_budget_use']:.0f}%"])
-    print(f"\nDigits 8x8, budget {args.budget_mflops:g} MFLOPs (million multiply-adds, fvcore) and "
-          f"{args.budget_params:g} params; {args.trials} trials x {args.epochs} epochs per method, final retrain "
-          f"{args.final_epochs} epochs; mean over seeds {args.seeds}")
-    print(tabulate(rows, headers=["method", "val acc % (pick)", "test acc %", "test per seed %",
-                                  "trials over budget", "mean budget use"], tablefmt="github"))
+    summary = report(runs, vars(args))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"config": vars(args), "summary": summary, "runs": runs,
                                            "seconds": time.time() - t0}, indent=2))
