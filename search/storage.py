@@ -144,8 +144,11 @@ class RetryLostTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's RetryHeartbeatStaleTrialCallback, re-queuing the trial's parameters only.
 
     The stock callback copies the lost trial's user attributes (partial learning curve, fail reason) into the
-    retry; this one starts the retry clean and records `retry_of` (the number of the lost trial).
+    retry; this one starts the retry clean, records `retry_of` (the number of the lost trial) and keeps only what
+    says why the trial was queued: its warm-start template, or the trial it confirms (search.confirm).
     """
+
+    KEEP = ("template", "confirms")
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
@@ -154,7 +157,10 @@ class RetryLostTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         system_attrs = {**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
                         "retry_history": history}
         study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
-                                            distributions=trial.distributions, user_attrs={"retry_of": trial.number},
+                                            distributions=trial.distributions,
+                                            user_attrs={"retry_of": trial.number,
+                                                        **{k: trial.user_attrs[k] for k in self.KEEP
+                                                           if k in trial.user_attrs}},
                                             system_attrs=system_attrs))
 
 

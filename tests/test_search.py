@@ -218,6 +218,22 @@ def test_confirmations_rerun_a_lucky_leader_first_and_rank_candidates_by_their_m
     assert next_confirmation([*trials, _finished(6, None, state=TrialState.WAITING)], 9, 0, 10, 0.2) is None
 
 
+def test_a_lost_confirmation_trial_is_retried_as_a_confirmation():
+    from optuna.trial import TrialState
+    from search.storage import RetryLostTrial
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"confirms": 3})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1e-1)
+    trial.set_user_attr("curve", [0.5])
+    study.tell(trial, state=TrialState.FAIL)
+    RetryLostTrial(max_retry=3)(study, study.trials[-1])
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.params == {"lr": 0.01}
+    assert retry.user_attrs == {"retry_of": 0, "confirms": 3}  # still a confirmation, without the lost curve
+
+
 def test_confirmation_trials_rerun_the_leaders_and_winners_are_ranked_by_the_mean(tmp_path: Path):
     main(["--budget-mflops", "0.05", "--trials", "5", "--confirm", "0.4", "--epochs", "2", "--final-epochs", "1",
           "--quiet", "--top-k", "2", "--study-name", "c", "--out", str(tmp_path), "--pruner", "median"])
