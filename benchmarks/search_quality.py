@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import statistics
 import shutil
 import sys
@@ -205,7 +206,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                     help="(seed, method) runs in parallel processes (default: CPU cores, at most 4)")
     ap.add_argument("--methods", nargs="+", default=None,
-                    help="run only the methods whose name contains one of these words (tpe, random, lenet, ...)")
+                    help="run only the methods with a word starting with one of these (tpe, random, lenet, mobilenet, ...)")
     ap.add_argument("--summarize", metavar="JSON", default=None,
                     help="print the table of a saved run's JSON again, without training")
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/search_quality.json"))
@@ -225,7 +226,8 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     methods = [m for m in ["search (tpe)", "search (random)", *baselines(divisor=4)]
-               if not args.methods or any(k in m for k in args.methods)]
+               if not args.methods or any(w.startswith(k.lower()) for k in args.methods
+                                          for w in re.findall(r"[a-z0-9]+", m))]
     tasks = [(seed, m) for seed in args.seeds for m in methods]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     results: dict[tuple[int, str], dict] = {}
