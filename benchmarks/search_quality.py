@@ -110,7 +110,8 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
     tests = final_tests(fitted, hp, data, final_epochs, batch_size, seed, retrains, label_smoothing)
     fv = count(build(fitted))
     return {"feasible": True, "spec": fitted.to_string(), "best_val": best.mean, "val_runs": best.evals,
-            "test": statistics.mean(tests), "test_retrains": tests, "hparams": hp, "over_budget_share": 0.0 if budget.fits(cost) else 1.0,
+            "test": statistics.mean(tests), "test_retrains": tests, "hparams": hp,
+            "over_budget_share": 0.0 if budget.fits(cost) else 1.0,
             "mean_budget_use": budget.share(cost),
             "fvcore_macs": fv.macs, "params": fv.params}
 

@@ -125,7 +125,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study_name=args.study_name, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
-        threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing, confirm=args.confirm)
+        threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
+        confirm=args.confirm)
 
 
 def summary_table(result: dict) -> str:
