@@ -234,8 +234,9 @@ def trial_line(t: FrozenTrial) -> str:
     if "mflops" not in a:
         return f"{head} {a.get('fail_reason', '')}"
     acc = a.get("val_acc") or (a.get("curve") or [None])[-1]
+    why = a.get("fail_reason") or (f"re-run of trial {a[CONFIRMS]} (confirmation)" if CONFIRMS in a else "")
     return (f"{head} val {fmt_pct(acc):>7s}  {a['mflops']:.4f} MFLOPs  {a['params_count']:>8,} params  "
-            f"{a['latency_ms']:.2f} ms  {a['blocks']:<18s} {a.get('fail_reason') or ''}").rstrip()
+            f"{a['latency_ms']:.2f} ms  {a['blocks']:<18s} {why}").rstrip()
 
 
 # ----- the search ------------------------------------------------------------------------------------------------

@@ -251,6 +251,11 @@ def test_confirmation_trials_rerun_the_leaders_and_winners_are_ranked_by_the_mea
     row = trained[trained["number"] == best["trial"]].iloc[0]
     assert best["val_acc"] == pytest.approx(row["candidate_val_acc"]) and best["val_evals"] == row["candidate_evals"]
     assert best["val_acc"] == pytest.approx(trained[trained["confirms"].isna()]["candidate_val_acc"].max())
+    from search.study import trial_line
+
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c/study.db'}")
+    r = confirming.iloc[0]
+    assert f"re-run of trial {int(r.confirms)} (confirmation)" in trial_line(study.trials[int(r.number)])
     import analysis  # users see the same columns in the analysis frame
 
     tidy = analysis.load(tmp_path / "c")
