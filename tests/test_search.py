@@ -228,7 +228,8 @@ def test_a_lost_confirmation_trial_is_retried_as_a_confirmation():
     trial.suggest_float("lr", 1e-3, 1e-1)
     trial.set_user_attr("curve", [0.5])
     study.tell(trial, state=TrialState.FAIL)
-    RetryLostTrial(max_retry=3)(study, study.trials[-1])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # Optuna's retry callback, which it extends
+        RetryLostTrial(max_retry=3)(study, study.trials[-1])
     retry = study.trials[-1]
     assert retry.state == TrialState.WAITING and retry.params == {"lr": 0.01}
     assert retry.user_attrs == {"retry_of": 0, "confirms": 3}  # still a confirmation, without the lost curve
