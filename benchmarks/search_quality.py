@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
-from search.confirm import CONFIRMS, next_confirmation, rank_candidates  # noqa: E402
+from search.confirm import enqueue_confirmation, rank_candidates  # noqa: E402
 from search.space import Budget, SearchSpace, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -101,9 +101,7 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
         return fit(model, data.train, data.val, cfg).val_acc
 
     for done in range(trials):  # the search's own selection: confirmations of the leaders, then the best mean
-        leader = next_confirmation(study.get_trials(deepcopy=False), done, 0, trials, confirm)
-        if leader is not None:
-            study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
+        enqueue_confirmation(study, study.get_trials(deepcopy=False), done, 0, trials, confirm)
         study.optimize(objective, n_trials=1)
     best = rank_candidates(study.get_trials(deepcopy=False))[0]
     hp = best.trial.params

@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 CONFIRMS = "confirms"  # user attribute: the number of the trial whose candidate this trial re-evaluates
@@ -80,3 +81,13 @@ def next_confirmation(trials: Sequence[FrozenTrial], counted: int, running: int,
         return None
     pick = min(enumerate(leaders), key=lambda il: (il[1].evals + il[1].pending, il[0]))[1]
     return pick.trial
+
+
+def enqueue_confirmation(study: optuna.Study, trials: Sequence[FrozenTrial], counted: int, running: int,
+                         n_trials: int, share: float) -> FrozenTrial | None:
+    """Queue the next confirmation (see `next_confirmation`) as the study's next trial; returns the trial it
+    repeats, or None when the next trial should sample a new candidate. Call it under the study lock."""
+    leader = next_confirmation(trials, counted, running, n_trials, share)
+    if leader is not None:
+        study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
+    return leader

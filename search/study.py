@@ -22,7 +22,7 @@ from archs.spec import NetSpec
 from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
-from .confirm import CONFIRMS, next_confirmation, rank_candidates
+from .confirm import CONFIRMS, enqueue_confirmation, rank_candidates
 from .objective import Objective, TrialFailed
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
@@ -375,9 +375,7 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
             tqdm.write(trial_line(t))
 
     def before_ask(trials: list[FrozenTrial], counted: int, running: int) -> None:
-        leader = next_confirmation(trials, counted, running, cfg.trials, cfg.confirm)
-        if leader is not None:
-            study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
+        enqueue_confirmation(study, trials, counted, running, cfg.trials, cfg.confirm)
 
     loop = TrialLoop(study, objective, n_trials=cfg.trials, lock=lock, worker=worker, timeout=cfg.timeout,
                      after_trial=after_trial, log=(lambda s: None) if cfg.quiet else tqdm.write, catch=(TrialFailed,),
