@@ -87,8 +87,10 @@ def machine(shared: bool) -> dict[str, Any]:
 
 def provenance(args: argparse.Namespace | None = None, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Command, date, commit (and whether the tree had uncommitted changes), machine and seed set of a run."""
+    from archs.errors import mask_secrets
+
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+    return {"command": mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(status) if status is not None else None,
             "machine": machine(bool(getattr(args, "shared_machine", False))),
