@@ -77,17 +77,18 @@ def main() -> None:
     args = ap.parse_args()
     extra = [*args.extra, *(QUICK_FLAGS if args.quick else [])]
     seeds = resolve_seeds(args.seeds) if args.seeds else None
-    if seeds is None:
-        runs = {str(DEV_SEEDS[0]): run_once(Path(args.out), extra)}
-    else:
-        runs = {str(s): run_once(Path(args.out) / f"seed{s}", [*extra, "--seed", str(s)]) for s in seeds}
-    walls = [r["wall_seconds"] for r in runs.values()]
-    tests = [r["best"]["test_acc"] for r in runs.values()]
-    summary = {"wall_minutes_median": statistics.median(walls) / 60, "wall_minutes_max": max(walls) / 60,
-               "winner_test_acc_per_seed": tests, "winner_test_acc_mean": statistics.mean(tests),
-               "winner_test_acc_min": min(tests)}
-    path = write_results(args.json, {"benchmark": "make_run", "summary": summary, "runs": runs}, args,
-                         seeds if seeds is not None else [DEV_SEEDS[0]])
+    plan = [(DEV_SEEDS[0], Path(args.out), extra)] if seeds is None else \
+        [(s, Path(args.out) / f"seed{s}", [*extra, "--seed", str(s)]) for s in seeds]
+    runs: dict[str, dict] = {}
+    for seed, out, flags in plan:  # the JSON is rewritten after every seed: a run cut short keeps what it measured
+        runs[str(seed)] = run_once(out, flags)
+        walls = [r["wall_seconds"] for r in runs.values()]
+        tests = [r["best"]["test_acc"] for r in runs.values()]
+        summary = {"wall_minutes_median": statistics.median(walls) / 60, "wall_minutes_max": max(walls) / 60,
+                   "winner_test_acc_per_seed": tests, "winner_test_acc_mean": statistics.mean(tests),
+                   "winner_test_acc_min": min(tests)}
+        path = write_results(args.json, {"benchmark": "make_run", "summary": summary, "runs": runs}, args,
+                             [int(k) for k in runs])
     print(f"winner test accuracy per seed: {' / '.join(f'{100 * t:.2f}' for t in tests)} %; wall clock median "
           f"{summary['wall_minutes_median']:.2f} min (max {summary['wall_minutes_max']:.2f})")
     print(f"wrote {path}")
