@@ -188,3 +188,24 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert worker_device("auto", 1) == "auto"  # resolved to the CPU later
+
+
+@pytest.mark.postgres
+def test_analysis_loads_a_study_straight_from_postgresql(tmp_path: Path):
+    """analysis.load("postgresql://...", study_name=...) reads the same trials as the study's folder."""
+    import analysis
+    from search.run import main
+
+    url = pg_url()
+    name = unique_study("ana")
+    main(["--budget-mflops", "0.05", "--trials", "2", "--storage", url, "--study-name", name, "--out", str(tmp_path),
+          "--epochs", "1", "--final-epochs", "0", "--quiet", "--top-k", "1", "--no-warm-start"])
+    from_pg = analysis.load(url, study_name=name)
+    from_dir = analysis.load(tmp_path / name)
+    assert len(from_pg) >= 2 and from_pg["number"].tolist() == from_dir["number"].tolist()
+    assert from_pg["state"].tolist() == from_dir["state"].tolist()
+    assert from_pg["val_acc"].tolist() == pytest.approx(from_dir["val_acc"].tolist(), nan_ok=True)
+    assert from_pg["spec"].tolist() == from_dir["spec"].tolist()
+    password = pg_password(url)
+    if password:
+        assert password not in from_pg.to_csv()
