@@ -383,6 +383,29 @@ def test_svhn_format(tmp_path, monkeypatch):
     assert torch.allclose(restored, torch.as_tensor(xt, dtype=torch.float32).permute(0, 3, 1, 2), atol=1e-3)
 
 
+def test_corrupt_torchvision_files_are_a_one_line_user_error(tmp_path):
+    """Files of the right names whose md5 sums do not match the published ones (a truncated or damaged download):
+    torchvision's own integrity check rejects them, and the user is told to delete them and download again."""
+    import subprocess
+    import sys
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+              "batches.meta"):
+        (tmp_path / "cifar-10-batches-py" / f).write_bytes(b"truncated download")
+    for f in ("train_32x32.mat", "test_32x32.mat"):
+        (tmp_path / f).write_bytes(b"truncated download")
+    for name in ("cifar10", "svhn"):
+        with pytest.raises(UserError, match="corrupted") as ei:
+            load_data(name, data_dir=tmp_path)
+        assert str(tmp_path) in str(ei.value) and "--download" in str(ei.value)
+    r = subprocess.run([sys.executable, "-m", "search.run", "--budget-mflops", "1", "--dataset", "cifar10",
+                        "--data-dir", str(tmp_path), "--out", str(tmp_path / "results"), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "corrupted" in lines[0] and "Traceback" not in r.stderr
+
+
 def test_missing_torchvision_data_is_user_error(tmp_path):
     missing = tmp_path / "nowhere"
     for name in ("mnist", "cifar10", "svhn"):
