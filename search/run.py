@@ -8,7 +8,7 @@ from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 from training.data import AUGMENTS
 
-from .space import SEARCHABLE_BLOCKS, SearchSpace
+from .space import DEFAULT_BLOCKS, SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
 from .workers import sigint_once
 
@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
     g.add_argument("--objectives", type=_list, default=["accuracy"],
                    help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency")
-    g.add_argument("--space", type=_list, default=list(SEARCHABLE_BLOCKS),
-                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)}")
+    g.add_argument("--space", type=_list, default=list(DEFAULT_BLOCKS),
+                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)} "
+                        f"(default: {','.join(DEFAULT_BLOCKS)})")
     g.add_argument("--max-stages", type=int, default=4, help="most stages a network may have")
     g.add_argument("--rho", type=_floats, default=list(SearchSpace().rho),
                    help="resolution multipliers the search may choose (input side = round(native px * rho))")
