@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.pgpass rather than the URL, which other users can see in the process list; it is "
                         "masked in every message and file), sqlite:///PATH, or a journal file PATH; default: "
                         "OUT/STUDY/study.db (optuna-dashboard opens it)")
+    g.add_argument("--storage-timeout", type=_quantity, default=SearchConfig.storage_timeout,
+                   help="seconds the study's database may stay unreachable (a server restart or failover, SQLite "
+                        "locked beyond its busy timeout) before a worker gives up; meanwhile storage calls are "
+                        "retried with exponential backoff and the running trial keeps training")
     g.add_argument("--study-name", default=None, help="study name and folder under --out (default: dataset-budget-time)")
     g.add_argument("--n-workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (each gets its own GPU with "
@@ -126,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm)
+        confirm=args.confirm, storage_timeout=args.storage_timeout)
 
 
 def summary_table(result: dict) -> str:
@@ -172,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sigint_once()  # the first Ctrl-C stops the search; more presses cannot cut short the recording of its trial
-    run_cli(main, prog="python -m search.run")
+    run_cli(main, prog="python -m search.run", resume_hint=", rerun with --resume to continue")
