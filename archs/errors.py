@@ -59,13 +59,12 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                       errno.ENFILE, errno.EIO, errno.ELOOP, errno.EXDEV}
 
 
-def os_error_line(e: OSError) -> str:
-    """`cannot write PATH: No space left on device`: the path and the cause of an OSError, on one line."""
-    path = e.filename if e.filename is not None else None
+def os_error_line(e: OSError, again: str = ", then run the command again") -> str:
+    """`PATH: No space left on device; free some space, ...`: the path and the cause of an OSError, on one line."""
     cause = e.strerror or str(e) or type(e).__name__
-    where = f" {path}" + (f" -> {e.filename2}" if e.filename2 else "") if path is not None else ""
-    return f"cannot write{where}: {cause}" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) \
-        else f"file system error at{where or ' an output path'}: {cause}"
+    where = "" if e.filename is None else f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") + ": "
+    hint = f"; free some space{again}" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{where}{cause}{hint}"
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "edgenas",
@@ -81,7 +80,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        print(f"{prog}: error: {mask_secrets(os_error_line(e))}", file=sys.stderr)
+        line = os_error_line(e, resume_hint) if resume_hint else os_error_line(e)
+        print(f"{prog}: error: {mask_secrets(line)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         how = "terminated (SIGTERM)" if stopped_by_sigterm() else "interrupted"

@@ -21,6 +21,7 @@ failover, SQLite "database is locked" beyond the busy timeout) is ridden out. Se
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -332,6 +333,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
             except Exception as e:  # noqa: BLE001 - sorted by is_transient, the rest raised unchanged
                 if not is_transient(e):
+                    self._raise_disk_full(e)
                     raise
                 self._failed(e)
                 if getattr(_LOCAL, "fail_fast", False):
@@ -347,6 +349,14 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 continue
             self._reached()
             return result
+
+    def _raise_disk_full(self, e: BaseException) -> None:
+        """A database on a full disk (SQLite: "database or disk is full") is the OSError it is, naming the file."""
+        if any("disk is full" in str(x).lower() or "no space left" in str(x).lower() for x in _chain(e)):
+            rdb = rdb_of(self)
+            where = (rdb.engine.url.database if rdb is not None and rdb.engine.name == "sqlite" else None) \
+                or mask(self.url)
+            raise OSError(errno.ENOSPC, "No space left on device (the study's database cannot grow)", where) from None
 
     def _state_is(self, args: tuple, kwargs: dict) -> bool:
         trial_id = args[0] if args else kwargs.get("trial_id")
@@ -365,6 +375,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
             getattr(self._backend, name)(*args)
         except Exception as e:  # noqa: BLE001
             if not is_transient(e):
+                self._raise_disk_full(e)
                 raise
             self._failed(e)
             with self._lock:
