@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,20 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): it was never completely written")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with disallowed globals, garbage
-        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # garbage, not a refused object
+            raise UserError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (unpickling failed)") from None
+        # what weights_only refuses: Python objects that could run code when loaded (torch's own message goes on
+        # to suggest weights_only=False, which is exactly what must not be done with a file one does not trust)
+        raise UserError(f"cannot load checkpoint {path}: refused, it holds Python objects other than tensors and loading them "
+                        "could run arbitrary code; save a plain state_dict (tensors only)") from None
+    except Exception as e:  # truncated zip, garbage
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}{': ' + first if first else ''}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} does not hold a state_dict")
     return state

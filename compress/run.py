@@ -6,7 +6,8 @@
     python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill
 
 Stages run in the order given. Output: OUT/NN_<stage>/ (model + metrics.json) and OUT/stages.csv, one row per
-stage, original first; OUT defaults to MODEL_DIR/../compress.
+stage, original first; OUT defaults to MODEL_DIR/../compress. A later run into the same OUT goes to OUT/run-2/
+(run-3, ...): results are never deleted or overwritten.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from archs.units import parse_quantity
 from training.data import load_data
 
 from .prune import METHODS
-from .stages import QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
+from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
 
 __all__ = ["build_parser", "main"]
 
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the data split, fine-tuning and calibration (default: the model's training seed "
                         "from metrics.json or ../config.json, else 0, so the test split stays unseen)")
     g.add_argument("--device", default="auto", help="training device: auto, cpu, cuda or cuda:N (measuring is on CPU)")
-    g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress)")
+    g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress); if it holds an earlier "
+                                              "run, this one goes to OUT/run-2 (run-3, ...) and nothing is deleted")
     g.add_argument("--no-latency", action="store_true", help="skip the latency measurements (columns are NaN)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
     return p
@@ -150,6 +152,25 @@ def _origin(model_dir: Path, metrics: dict) -> dict:
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
     return found
+
+
+def holds_run(d: Path) -> bool:
+    """`d` holds a compression run's results (stages.csv or NN_<stage> folders)."""
+    return d.is_dir() and any(p.name == "stages.csv" or (p.is_dir() and _STAGE_DIR.match(p.name)) for p in d.iterdir())
+
+
+def run_folder(out: Path) -> Path:
+    """Where this run writes its stages: OUT itself, or OUT/run-2, run-3, ... when OUT (and every earlier
+    numbered run) already holds one, so that a re-run never deletes or overwrites results. A teacher cached in
+    OUT/teacher_NAME stays shared by every run of OUT."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not holds_run(out):
+        return out
+    k = 2
+    while (out / f"run-{k}").exists():
+        k += 1
+    return out / f"run-{k}"
 
 
 def _write(line: str) -> None:
@@ -193,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         out = md / "compress"
     if out.resolve() == md or out.resolve() in md.parents:
         raise UserError(f"--out {out} contains MODEL_DIR {model_dir}; its stage folders would be overwritten")
+    run_out = run_folder(out)
     torch.manual_seed(seed)
     splits = load_data(dataset, data_dir, args.download, seed=seed)
     if splits.num_classes != spec.num_classes or splits.in_chans != spec.in_chans:
@@ -208,11 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         if tinfo.get("test_acc") is not None:
             say(f"teacher {args.distill_from}: test {100 * tinfo['test_acc']:.2f}%"
                 f"{' (reused)' if tinfo.get('reused') else ''}")
-    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {out}")
-    df = run_stages(model, stages, splits, cfg, out, spec=spec, source=str(model_dir), original_metrics=metrics,
+    if run_out != out:
+        say(f"{out} holds an earlier run (kept): this run goes to {run_out}")
+    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {run_out}")
+    df = run_stages(model, stages, splits, cfg, run_out, spec=spec, source=str(model_dir), original_metrics=metrics,
                     echo=say)
     print(format_table(df))
-    print(f"stages table: {out / 'stages.csv'}")
+    print(f"stages table: {run_out / 'stages.csv'}")
     return 0
 
 
