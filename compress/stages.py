@@ -33,7 +33,10 @@ from torch import nn
 
 from archs import build, count, latency
 from archs.blocks import LowRankConv2d
+from archs.cli import progress
+from archs.export import onnx_io
 from archs.errors import SpecError, UserError
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from archs.io import atomic_write_json, atomic_write_text, load_state_dict, read_spec, save_state_dict
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, evaluate, fit
@@ -466,12 +469,11 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
     Model-changing stages (prune, lowrank, distill, share) pass their model on; quantize and huffman produce an
     artifact from the current model and leave it unchanged for the stages after them.
     """
-    from tqdm.auto import tqdm
-
     validate_stages(stages, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or model.spec
+    prep = Preprocessing.from_data(splits, spec).to_dict()  # before resizing: the data set's own side
     splits = splits.resized(spec.input_size)
     shape = spec.input_shape
     say = echo or (lambda s: None)
@@ -497,7 +499,9 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
         rows.append(row)
         written.append(d.name)
         meta = {**row, "format": fmt, "artifact": os.path.relpath(artifact.resolve(), d.resolve()), "source": source, "spec": spec.to_string(),
-                "seed": cfg.seed, "details": _json_safe(details)}
+                "seed": cfg.seed, "details": _json_safe(details), PREPROCESSING_KEY: prep}
+        if artifact.suffix == ".onnx":
+            meta["io"] = onnx_io(artifact)
         atomic_write_json(d / "metrics.json", meta)
         df = pd.DataFrame(rows, columns=COLUMNS)
         atomic_write_text(csv, df.to_csv(index=False))
@@ -513,7 +517,7 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
            "float")
 
     shared_info = None
-    bar = tqdm(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
+    bar = progress(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
     for i, st in enumerate(bar, 1):
         label = st.label(cfg)
         bar.set_postfix_str(label)

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import torch
 
-from archs.export import export_onnx, onnx_max_diff
+from archs.export import export_onnx, onnx_io, onnx_max_diff
 from archs.io import atomic_write_json, atomic_write_text, save_model_dir
 
 from .confirm import candidate_of, rank_candidates
@@ -82,7 +82,7 @@ def save_winner(directory: str | Path, model: torch.nn.Module, metrics: dict[str
     if check_x is not None:
         diff = onnx_max_diff(model, onnx_path, check_x.cpu())
         metrics = {**metrics, "onnx_max_abs_diff": diff}
-    save_model_dir(d, model, metrics)
+    save_model_dir(d, model, {**metrics, "io": onnx_io(onnx_path)})
     return d
 
 

@@ -325,9 +325,9 @@ def fit(model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainC
     train_seconds = 0.0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from archs.cli import progress
 
-        bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
+        bar = progress(total=cfg.epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
