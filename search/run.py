@@ -9,6 +9,7 @@ from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 from training.data import AUGMENTS
 
+from .confirm import candidate_table
 from .space import SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
 from .workers import sigint_once
@@ -128,17 +129,11 @@ def summary_table(result: dict) -> str:
 
     df = result["trials"]
     lines = []
-    done = df[df["state"] == "COMPLETE"]
-    if len(done) and done["candidate_val_acc"].notna().any():
-        # one row per candidate: the mean over the trial and its confirmations (search.confirm)
-        done = done[done["confirms"].isna()]
-        done = done.assign(val=done["candidate_val_acc"], runs=done["candidate_evals"])
-    else:
-        done = done.assign(val=done["val_acc"], runs=1)
-    done = done.sort_values("val", ascending=False).head(5)
+    done = candidate_table(df) if len(df) else df  # one row per candidate, ranked as the winners are
+    done = done[done["val_acc"].notna()].head(5) if len(done) else done
     if len(done):
         rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}", f"{r.latency_ms:.2f}",
-                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val:.2f}", int(r.runs)] for r in done.itertuples()]
+                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val_acc:.2f}", int(r.runs)] for r in done.itertuples()]
         lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", "latency ms", "budget used",
                                              "val acc %", "runs"], tablefmt="github"))
     states = df["state"].value_counts().to_dict() if len(df) else {}
