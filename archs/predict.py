@@ -37,7 +37,7 @@ def _metrics(directory: Path) -> dict:
 
 def _load_pytorch(path: Path) -> Runner:
     """model.pt (or a Huffman file): rebuilt from spec.json (+ structure.json of pruned stages) by compress."""
-    from compress.stages import load_model  # handles plain, channel-pruned, factorized and Huffman folders
+    from compress.modeldir import load_model  # handles plain, channel-pruned, factorized and Huffman folders
 
     model = load_model(path.parent)[0]
 

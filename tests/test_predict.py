@@ -14,7 +14,7 @@ from archs.errors import run_cli
 from archs.io import load_model_dir, load_preprocessing
 from archs.predict import LOADERS, main as predict_main, predict
 from compress import run as compress_run
-from compress.stages import load_stage
+from compress.modeldir import load_stage
 from search.run import main as search_main
 from training.data import load_data
 
