@@ -111,6 +111,9 @@ class NetSpec:
         _check_int(self.divisor, "divisor", 1)
         _check_pos_float(self.rho, "rho")
         _check_pos_float(self.alpha, "alpha")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise SpecError(f"input size {self.input_size:,} px (resolution {self.resolution} x rho {self.rho:g}) is "
+                            f"over the {MAX_INPUT_SIZE:,} px this package builds networks for")
         if self.act not in ACTIVATIONS:
             raise SpecError(f"act: unknown activation {self.act!r}; choose from {', '.join(ACTIVATIONS)}")
         if not isinstance(self.norm, bool):
@@ -225,6 +228,10 @@ def _fields(d: Any, kind: type, where: str) -> dict[str, Any]:
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}")
     return d
+
+
+#: largest input side (px) a spec may ask for: far above any edge network's input, far below what exhausts memory
+MAX_INPUT_SIZE = 4096
 
 
 def _check_int(v: Any, name: str, lo: int) -> None:
