@@ -294,6 +294,9 @@ def open_study(cfg: SearchConfig, joining: bool = False) -> optuna.Study:
     if len(study.directions) != len(directions):
         raise UserError(f"study {cfg.study_name!r} exists with {len(study.directions)} objective(s); "
                         f"--objectives gives {len(directions)}")
+    # before anything is written under --out: a study made with other settings is never joined
+    check_settings(study, cfg, StudyLock(study._storage, storage_url(cfg), cfg.study_name),
+                   None if shared else d / "config.json")
     d.mkdir(parents=True, exist_ok=True)
     return study
 
@@ -373,10 +376,8 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     teacher = load_teacher(cfg.distill_from, data, device) if cfg.distill_from else None
     me = WorkerId.current(worker_index)
     d = study_dir(cfg)
-    legacy = d / "config.json" if not cfg.storage else None
     study = open_study(cfg, joining=joining)
     lock = StudyLock(study._storage, storage_url(cfg), cfg.study_name)
-    check_settings(study, cfg, lock, legacy)
     if not joining and (not (d / "config.json").exists() or cfg.resume or cfg.storage):
         write_config(d / "config.json", cfg.to_dict())
     if cfg.warm_start and not joining:
