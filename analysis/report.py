@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from archs.cli import Parser
 from archs.errors import UserError, mask_secrets, run_cli
 from archs.io import atomic_write_text
 
 from .data import StudySource, find_stages, load, load_stages, open_sources, quiet_optuna
 from .plots import (plot_accuracy_vs_mflops, plot_best_so_far, plot_budget_use, plot_by_block, plot_importance,
                     plot_stages, plot_tradeoff)
-from .tables import best_under, by_block, importance, pareto, study_summary
+from .tables import best_under, by_block, candidates, importance, pareto, study_summary
 
 __all__ = ["write_report", "format_table", "main"]
 
@@ -47,7 +48,7 @@ def _fmt(col: str, v: Any) -> str:
     if isinstance(v, (int, float)):
         if col in ("params", "winner_params", "nonzero_params", "size_bytes", "trials", "complete", "pruned",
                    "infeasible", "failed", "completed", "number", "best_trial", "winner_rank", "resolution", "depth",
-                   "n_stages", "rank", "trial", "best_trial", "step"):
+                   "n_stages", "rank", "trial", "best_trial", "step", "runs"):
             return f"{int(v):,}"
         if "mflops" in col and "per" not in col:
             return f"{float(v):.4g}"
@@ -128,7 +129,8 @@ def _limits_table(df: pd.DataFrame, sources: list[StudySource]) -> pd.DataFrame:
         best = best_under(df, mflops=limit, per_study=True)
         for _, r in best.iterrows():
             rows.append({"mflops_limit": limit, **{c: r[c] for c in ("study", "number", "blocks", "mflops",
-                                                                               "params", "val_acc", "test_acc")}})
+                                                                               "params", "val_acc", "runs",
+                                                                               "test_acc")}})
     return pd.DataFrame(rows)
 
 
@@ -179,6 +181,166 @@ def _html(sources: list[StudySource], out: Path, plotlyjs: str, written: list[Pa
     return links
 
 
+@dataclass
+class _Report:
+    """What every section of the report reads (studies, trials, output folder) and adds to (tables, files)."""
+
+    sources: list[StudySource]
+    df: pd.DataFrame
+    out: Path
+    top: int
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def plots(self) -> Path:
+        return self.out / "plots"
+
+    def plot(self, fig, name: str) -> str:
+        """Save a figure as plots/NAME and return the link the Markdown uses."""
+        return _save(fig, self.plots / name, self.written)
+
+
+def _intro(r: _Report) -> list[str]:
+    names = ", ".join(s.name for s in r.sources)
+    return [f"# Search report: {names}", "",
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m analysis.report` from "
+            + ", ".join(f"`{mask_secrets(str(s.dir or s.storage))}`" for s in r.sources) + ".", "",
+            "MFLOPs are million multiply-adds (MACs, fvcore's count); params count every trainable parameter; "
+            "latency is the median CPU time at batch 1 in ms; accuracy is in percent. Validation accuracy is "
+            "what the search optimizes; test accuracy is measured once, for the retrained winners only.", ""]
+
+
+def _studies_section(r: _Report) -> list[str]:
+    summ = study_summary(r.df) if len(r.df) else pd.DataFrame()
+    if len(summ):
+        by_name = {s.name: _budget_text(s) for s in r.sources}
+        summ.insert(3, "budgets", summ["study"].map(by_name))
+    r.tables["studies"] = summ
+    return ["## Studies", "", _md(summ, ["study", "sampler", "objectives", "budgets", "trials", "complete", "pruned",
+                                         "infeasible", "failed", "best_val_acc", "best_trial", "winner_test_acc",
+                                         "median_trial_s"], "_no trials yet_"), "",
+            "_pruned_: stopped early while training; _infeasible_: no width multiplier fitted the budget, never "
+            "trained (does not count towards --trials).", ""]
+
+
+def _winners_section(r: _Report) -> list[str]:
+    df = r.df
+    order = {s.name: i for i, s in enumerate(r.sources)}
+    cand = candidates(df)  # one row per candidate, val_acc = its mean over its runs (what the CLI prints)
+    win = cand[cand["winner_rank"].notna()].copy()
+    win = win.assign(_o=win["study"].map(order)).sort_values(["_o", "winner_rank"], kind="stable").drop(columns="_o")
+    win["winner_dir"] = win["winner_dir"].map(lambda p: _rel(p, r.out))
+    r.tables["winners"] = win
+    return ["## Winners", "", "Retrained on train+validation for the final epochs and tested once "
+            "(`best/`, `top/<rank>/` or `pareto/<n>/` in the study folder).", "",
+            _md(win, ["study", "winner_rank", "number", "blocks", "mflops", "params", "latency_ms", "val_acc",
+                      "runs", "test_acc", "winner_dir"], "_no winners yet (the search is still running or ran as a worker)_"),
+            ""]
+
+
+def _tradeoff_section(r: _Report) -> list[str]:
+    df, sources = r.df, r.sources
+    img = r.plot(plot_accuracy_vs_mflops(df, budget=_common_budget(sources, "mflops")), "accuracy_vs_mflops.png")
+    front = pareto(df, "val_acc", ["mflops"], per_study=True)
+    r.tables["pareto"] = front
+    md = ["## Accuracy vs MFLOPs", "", f"![accuracy vs MFLOPs]({img})", "",
+          "Pareto front (no other trial of the study is at least as accurate with no more MFLOPs):", "",
+          _md(front, ["study", "number", "blocks", "mflops", "params", "latency_ms", "val_acc", "runs",
+                      "test_acc"]), ""]
+    img = r.plot(plot_tradeoff(df, x="params", budget=_common_budget(sources, "params"),
+                               title="Validation accuracy vs parameters (Pareto front per study)"),
+                 "accuracy_vs_params.png")
+    md += ["## Accuracy vs parameters", "", f"![accuracy vs parameters]({img})", ""]
+    lim = _limits_table(df, sources)
+    r.tables["best_under"] = lim
+    if len(lim):
+        md += ["## Best network under an MFLOPs limit", "",
+               "Best validation accuracy with at most 25%, 50% and 100% of the MFLOPs budget (limits no trial "
+               "meets are left out).", "", _md(lim), ""]
+    return md
+
+
+def _progress_section(r: _Report) -> list[str]:
+    df, top = r.df, r.top
+    img = r.plot(plot_best_so_far(df), "best_so_far.png")
+    cand = candidates(df)  # ranked as the search ranks its winners
+    done = cand[cand["val_acc"].notna()]
+    topt = done.groupby("study", sort=False).head(top) if len(r.sources) > 1 else done.head(top)
+    r.tables["top"] = topt
+    return ["## Search progress", "", f"![best so far]({img})", "",
+            f"### Top {top} candidates{' per study' if len(r.sources) > 1 else ''}", "",
+            "Validation accuracy is each candidate's mean over its runs (the trial and the confirmation trials that "
+            "re-trained it with new seeds), the figure the search ranks by.", "",
+            _md(topt, ["study", "number", "blocks", "depth", "resolution", "alpha", "mflops", "params", "latency_ms",
+                       "budget_share", "val_acc", "runs", "test_acc", "duration_s"]), ""]
+
+
+def _blocks_section(r: _Report) -> list[str]:
+    bb = by_block(r.df)
+    r.tables["by_block"] = bb
+    img = r.plot(plot_by_block(r.df), "by_block.png")
+    return ["## Block types", "", f"![accuracy by block type]({img})", "",
+            "A trial mixing block types counts once for each type it uses.", "", _md(bb), ""]
+
+
+def _importance_section(r: _Report) -> list[str]:
+    try:
+        imp = importance(r.sources)
+    except UserError:
+        imp = importance(r.df)
+    r.tables["importance"] = imp
+    img = r.plot(plot_importance(imp), "importance.png")
+    return ["## Parameter importance", "", f"![parameter importance]({img})", "",
+            "fANOVA (Optuna's default evaluator) on the completed trials, target: validation accuracy. Only "
+            "parameters every completed trial has are rated, so per-stage parameters of optional stages are left out.",
+            "", _md(imp.groupby("study", sort=False).head(r.top) if len(imp) else imp, empty="_not enough trials_"),
+            ""]
+
+
+def _budget_section(r: _Report) -> list[str]:
+    df = r.df
+    img = r.plot(plot_budget_use(df), "budget_use.png")
+    use = df[df["budget_share"].notna()].groupby("study", sort=False)["budget_share"]
+    stats = "; ".join(f"{name}: median {100 * g.median():.0f}%, {100 * (g >= 0.9).mean():.0f}% of networks at 90% "
+                      f"or more" for name, g in use)
+    return ["## Budget use", "", f"![budget use]({img})", "",
+            f"Largest share of any budget each trained network uses (100% = at the hard limit). {stats}.", ""]
+
+
+def _failures_section(r: _Report) -> list[str]:
+    bad = r.df[r.df["fail_reason"].notna()]
+    if not len(bad):
+        return []
+    reasons = (bad.assign(reason=bad["fail_reason"].astype(str).str.slice(0, 100))
+               .groupby(["study", "state", "reason"], sort=False).size().reset_index(name="trials"))
+    r.tables["failures"] = reasons
+    return ["## Skipped and failed trials", "", _md(reasons), ""]
+
+
+def _compression_section(r: _Report) -> list[str]:
+    md: list[str] = []
+    for s in r.sources:
+        if s.dir is None or not find_stages(s.dir):
+            continue
+        st = load_stages(s.dir)
+        key = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s.name)
+        r.tables[f"stages:{s.name}"] = st
+        img = r.plot(plot_stages(st, title=f"Compression stages ({s.name})"),
+                     f"stages_{key}.png" if len(r.sources) > 1 else "stages.png")
+        md += [f"## Compression stages ({s.name})", "", f"![compression stages]({img})", "",
+               _md(st, [c for c in ("run", "stage", "test_acc", "mflops", "params", "nonzero_params", "size_bytes",
+                                    "compression_ratio", "latency_b1_ms", "latency_b64_ms", "seconds")
+                        if c in st.columns and not (c == "run" and st["run"].nunique() < 2)]), ""]
+    return md
+
+
+#: The report's sections in order, each a function of the shared `_Report` returning its Markdown lines.
+_SECTIONS: tuple[Callable[[_Report], list[str]], ...] = (
+    _winners_section, _tradeoff_section, _progress_section, _blocks_section, _importance_section, _budget_section,
+    _failures_section, _compression_section)
+
+
 def write_report(source: Any, out: str | Path | None = None, study_name: str | None = None, html: bool = True,
                  plotlyjs: str = "directory", top: int = 10) -> dict[str, Any]:
     """Write OUT/report.md, OUT/plots/*.png and (with plotly) OUT/html/*.html for one or several studies.
@@ -192,146 +354,27 @@ def write_report(source: Any, out: str | Path | None = None, study_name: str | N
         out = first.dir if first.dir is not None else Path("results") / first.name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df = load(sources)
-    written: list[Path] = []
-    tables: dict[str, pd.DataFrame] = {}
-    names = ", ".join(s.name for s in sources)
-    md: list[str] = [f"# Search report: {names}", "",
-                     f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m analysis.report` from "
-                     + ", ".join(f"`{mask_secrets(str(s.dir or s.storage))}`" for s in sources) + ".", "",
-                     "MFLOPs are million multiply-adds (MACs, fvcore's count); params count every trainable parameter; "
-                     "latency is the median CPU time at batch 1 in ms; accuracy is in percent. Validation accuracy is "
-                     "what the search optimizes; test accuracy is measured once, for the retrained winners only.", ""]
-
-    # studies
-    summ = study_summary(df) if len(df) else pd.DataFrame()
-    if len(summ):
-        by_name = {s.name: _budget_text(s) for s in sources}
-        summ.insert(3, "budgets", summ["study"].map(by_name))
-    tables["studies"] = summ
-    md += ["## Studies", "", _md(summ, ["study", "sampler", "objectives", "budgets", "trials", "complete", "pruned",
-                                        "infeasible", "failed", "best_val_acc", "best_trial", "winner_test_acc",
-                                        "median_trial_s"], "_no trials yet_"), "",
-           "_pruned_: stopped early while training; _infeasible_: no width multiplier fitted the budget, never "
-           "trained (does not count towards --trials).", ""]
-    if df.empty:
+    r = _Report(sources, load(sources), out, top)
+    md = _intro(r) + _studies_section(r)
+    if r.df.empty:
         atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-        return {"report": out / "report.md", "plots": [], "html": [], "tables": tables, "out": out}
-
-    # winners
-    order = {s.name: i for i, s in enumerate(sources)}
-    win = df[df["winner_rank"].notna()].copy()
-    win = win.assign(_o=win["study"].map(order)).sort_values(["_o", "winner_rank"], kind="stable").drop(columns="_o")
-    win["winner_dir"] = win["winner_dir"].map(lambda p: _rel(p, out))
-    tables["winners"] = win
-    md += ["## Winners", "", "Retrained on train+validation for the final epochs and tested once "
-           "(`best/`, `top/<rank>/` or `pareto/<n>/` in the study folder).", "",
-           _md(win, ["study", "winner_rank", "number", "blocks", "mflops", "params", "latency_ms", "val_acc",
-                     "test_acc", "winner_dir"], "_no winners yet (the search is still running or ran as a worker)_"),
-           ""]
-
-    # trade-off
-    plots = out / "plots"
-    budget = _common_budget(sources, "mflops")
-    img = _save(plot_accuracy_vs_mflops(df, budget=budget), plots / "accuracy_vs_mflops.png", written)
-    front = pareto(df, "val_acc", ["mflops"], per_study=True)
-    tables["pareto"] = front
-    md += ["## Accuracy vs MFLOPs", "", f"![accuracy vs MFLOPs]({img})", "",
-           "Pareto front (no other trial of the study is at least as accurate with no more MFLOPs):", "",
-           _md(front, ["study", "number", "blocks", "mflops", "params", "latency_ms", "val_acc", "test_acc"]), ""]
-    img = _save(plot_tradeoff(df, x="params", budget=_common_budget(sources, "params"),
-                              title="Validation accuracy vs parameters (Pareto front per study)"),
-                plots / "accuracy_vs_params.png", written)
-    md += ["## Accuracy vs parameters", "", f"![accuracy vs parameters]({img})", ""]
-    lim = _limits_table(df, sources)
-    tables["best_under"] = lim
-    if len(lim):
-        md += ["## Best network under an MFLOPs limit", "",
-               "Best validation accuracy with at most 25%, 50% and 100% of the MFLOPs budget (limits no trial "
-               "meets are left out).", "", _md(lim), ""]
-
-    # progress and top trials
-    img = _save(plot_best_so_far(df), plots / "best_so_far.png", written)
-    md += ["## Search progress", "", f"![best so far]({img})", ""]
-    done = df[df["val_acc"].notna()].sort_values(["val_acc", "mflops"], ascending=[False, True], kind="stable")
-    topt = done.groupby("study", sort=False).head(top) if len(sources) > 1 else done.head(top)
-    tables["top"] = topt
-    md += [f"### Top {top} trials{' per study' if len(sources) > 1 else ''}", "",
-           _md(topt, ["study", "number", "blocks", "depth", "resolution", "alpha", "mflops", "params", "latency_ms",
-                      "budget_share", "val_acc", "test_acc", "duration_s"]), ""]
-
-    # blocks
-    bb = by_block(df)
-    tables["by_block"] = bb
-    img = _save(plot_by_block(df), plots / "by_block.png", written)
-    md += ["## Block types", "", f"![accuracy by block type]({img})", "",
-           "A trial mixing block types counts once for each type it uses.", "", _md(bb), ""]
-
-    # importance
-    try:
-        imp = importance(sources)
-    except UserError:
-        imp = importance(df)
-    tables["importance"] = imp
-    img = _save(plot_importance(imp), plots / "importance.png", written)
-    md += ["## Parameter importance", "", f"![parameter importance]({img})", "",
-           "fANOVA (Optuna's default evaluator) on the completed trials, target: validation accuracy. Only "
-           "parameters every completed trial has are rated, so per-stage parameters of optional stages are left out.",
-           "", _md(imp.groupby("study", sort=False).head(top) if len(imp) else imp, empty="_not enough trials_"), ""]
-
-    # budget use
-    img = _save(plot_budget_use(df), plots / "budget_use.png", written)
-    use = df[df["budget_share"].notna()].groupby("study", sort=False)["budget_share"]
-    stats = "; ".join(f"{name}: median {100 * g.median():.0f}%, {100 * (g >= 0.9).mean():.0f}% of networks at 90% "
-                      f"or more" for name, g in use)
-    md += ["## Budget use", "", f"![budget use]({img})", "",
-           f"Largest share of any budget each trained network uses (100% = at the hard limit). {stats}.", ""]
-
-    # failures
-    bad = df[df["fail_reason"].notna()]
-    if len(bad):
-        reasons = (bad.assign(reason=bad["fail_reason"].astype(str).str.slice(0, 100))
-                   .groupby(["study", "state", "reason"], sort=False).size().reset_index(name="trials"))
-        tables["failures"] = reasons
-        md += ["## Skipped and failed trials", "", _md(reasons), ""]
-
-    # compression
-    for s in sources:
-        if s.dir is None or not find_stages(s.dir):
-            continue
-        st = load_stages(s.dir)
-        key = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s.name)
-        tables[f"stages:{s.name}"] = st
-        img = _save(plot_stages(st, title=f"Compression stages ({s.name})"),
-                    plots / (f"stages_{key}.png" if len(sources) > 1 else "stages.png"), written)
-        md += [f"## Compression stages ({s.name})", "", f"![compression stages]({img})", "",
-               _md(st, [c for c in ("run", "stage", "test_acc", "mflops", "params", "nonzero_params", "size_bytes",
-                                    "compression_ratio", "latency_b1_ms", "latency_b64_ms", "seconds")
-                        if c in st.columns and not (c == "run" and st["run"].nunique() < 2)]), ""]
-
-    # interactive
-    links = _html(sources, out, plotlyjs, written) if html else []
+        return {"report": out / "report.md", "plots": [], "html": [], "tables": r.tables, "out": out}
+    for section in _SECTIONS:
+        md += section(r)
+    links = _html(sources, out, plotlyjs, r.written) if html else []
     if links:
         md += ["## Interactive plots (Optuna, plotly)", "", *[f"- {x}" for x in links], ""]
     atomic_write_text(out / "report.md", "\n".join(md))
-    written.insert(0, out / "report.md")
-    return {"report": out / "report.md", "plots": [p for p in written if p.suffix == ".png"],
-            "html": [p for p in written if p.suffix == ".html"], "tables": tables, "out": out}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors on one line and exits 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    r.written.insert(0, out / "report.md")
+    return {"report": out / "report.md", "plots": [p for p in r.written if p.suffix == ".png"],
+            "html": [p for p in r.written if p.suffix == ".html"], "tables": r.tables, "out": out}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis.report", description=(
+    p = Parser(prog="python -m analysis.report", description=(
         "Write report.md, plots/*.png and interactive Optuna plots (html/, when plotly is installed) for one or "
         "several searches. Several studies (e.g. TPE and random) share each plot. MFLOPs means million "
-        "multiply-adds (MACs)."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "multiply-adds (MACs)."))
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="results/<study> folder (study.db and/or trials.csv), a study.db, or an Optuna storage URL")
     p.add_argument("--study-name", default=None, help="study name inside a storage URL that holds several studies")

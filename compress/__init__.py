@@ -15,8 +15,8 @@ are not re-exported here: `compress.prune` stays the module.)
 from .lowrank import LowRankLinear, plan_ranks
 from .prune import (METHODS, ChannelPruner, apply_masks, compute_masks, iterative_prune, layer_sparsity,
                     make_permanent, nonzero_params, prune_channels, prune_masks, sparsity)
-from .stages import (COLUMNS, CompressConfig, Stage, describe_structure, format_table, load_model, load_stage,
-                     run_stages, save_stage_model)
+from .modeldir import describe_structure, load_model, load_stage, save_stage_model
+from .stages import COLUMNS, CompressConfig, Stage, format_table, run_stages
 
 __all__ = [
     "LowRankLinear", "plan_ranks", "METHODS", "ChannelPruner", "apply_masks", "compute_masks", "iterative_prune",

@@ -16,6 +16,8 @@ from archs.errors import UserError
 from training.data import Splits, TensorData
 from training.loop import FitResult, TrainConfig, fit
 
+from .modeldir import load_model
+
 __all__ = ["distill", "load_teacher", "check_teacher"]
 
 
@@ -52,8 +54,6 @@ def load_teacher(ref: str, splits: Splits, input_shape, out_dir: str | Path | No
     A zoo network is built for the student's input size and trained first (the `compress.train` code path),
     cached in OUT_DIR/teacher_<name>/ and reused when that folder holds a teacher trained the same way.
     """
-    from .stages import load_model
-
     size = int(tuple(input_shape)[-1])
     if isinstance(ref, str) and ref.startswith("zoo:"):
         from .train import train_model

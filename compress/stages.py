@@ -8,11 +8,7 @@ nonzero_params, size_bytes (bytes on disk of the stage's artifact: fp32 state_di
 ONNX), compression_ratio (original size_bytes / size_bytes), latency_b1_ms and latency_b64_ms (median CPU ms,
 archs.latency), seconds (wall time of the stage's work: pruning, fine-tuning, encoding...), artifact, dir.
 
-Structural stages (physical channel pruning, low-rank factorization) change layer shapes, so a stage folder
-stores the original `spec.json`, a `structure.json` describing every Conv2d / Linear / BatchNorm2d /
-LowRankConv2d / LowRankLinear (type and constructor arguments, re-applied to a fresh `build(spec)`), and the
-state_dict in `model.pt`, loaded with weights_only=True. Without structural change no structure.json is
-written and the folder is a plain model directory (`archs.io.load_model_dir` reads it too).
+The stage folders' files (spec.json, structure.json, model.pt) are written and read by `compress.modeldir`.
 """
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,24 +27,33 @@ import pandas as pd
 import torch
 from torch import nn
 
-from archs import build, count, latency
-from archs.blocks import LowRankConv2d
-from archs.errors import SpecError, UserError
-from archs.io import atomic_write_json, atomic_write_text, load_state_dict, read_spec, save_state_dict
+from archs import count, latency
+from archs.cli import progress
+from archs.errors import UserError
+from archs.export import onnx_io
+from archs.io import atomic_write_json, atomic_write_text
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, evaluate, fit
 
 from . import prune as P
-from .lowrank import LowRankLinear, lowrank as lowrank_factorize
+from .lowrank import lowrank as lowrank_factorize
+from .modeldir import (apply_structure, describe_structure, load_model, load_stage, save_stage_model,
+                       structure_changed, write_spec_files)
 
 __all__ = ["STAGE_KINDS", "COLUMNS", "Stage", "CompressConfig", "describe_structure", "apply_structure",
            "structure_changed", "save_stage_model", "load_stage", "load_model", "accuracy", "measure",
-           "run_stages", "format_table", "finetune"]
+           "run_stages", "format_table", "finetune", "StageOutput"]
 
-STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize")
+STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize", "export")
 QUANT_MODES = ("int8", "fp16", "dynamic")
+EXPORT_FORMATS = ("tflite",)
 COLUMNS = ["stage", "kind", "test_acc", "val_acc", "mflops", "params", "nonzero_params", "size_bytes",
            "compression_ratio", "latency_b1_ms", "latency_b64_ms", "seconds", "artifact", "dir"]
+#: columns only the --export tflite stage fills (bytes; NaN elsewhere): TFLM's arena (total = head + tail), the
+#: .tflite file, the analytic `archs.memory` figures beside them, and the test-accuracy change fp32 -> int8
+MCU_COLUMNS = ["int8_acc_change", "arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes",
+               "arena_bytes_est", "arena_head_bytes_est", "flash_bytes_est"]
 _STAGE_DIR = re.compile(r"^\d{2}_[A-Za-z0-9_.+-]+$")
 
 
@@ -78,6 +83,8 @@ class Stage:
             return f"share_{int(v)}bit"
         if self.kind == "quantize":
             return f"quantize_{v}"
+        if self.kind == "export":
+            return f"export_{v}"
         return self.kind
 
 
@@ -103,6 +110,7 @@ class CompressConfig:
     calib_images: int = 256
     quiet: bool = True
     measure_latency: bool = True
+    tflm_arena_bytes: int | None = None    # --export tflite: arena to run TFLM in (None: archs.memory's figure)
 
     def train_config(self, epochs: int, augment: str = "none") -> TrainConfig:
         return TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
@@ -130,6 +138,12 @@ def validate_stages(stages: list[Stage], cfg: CompressConfig, has_teacher: bool 
         elif st.kind == "quantize":
             if st.value not in QUANT_MODES:
                 raise UserError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {st.value!r}")
+        elif st.kind == "export":
+            if st.value not in EXPORT_FORMATS:
+                raise UserError(f"--export must be one of {', '.join(EXPORT_FORMATS)}, got {st.value!r}")
+            from .tflite import require_mcu
+
+            require_mcu()
         elif st.kind == "distill" and not has_teacher:
             raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
     if cfg.iterative < 1:
@@ -140,173 +154,6 @@ def validate_stages(stages: list[Stage], cfg: CompressConfig, has_teacher: bool 
         raise UserError("epochs must be >= 0")
     if cfg.calib_images < 1:
         raise UserError(f"--calib-images must be >= 1, got {cfg.calib_images}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Structure of physically pruned / factorized models
-# ----------------------------------------------------------------------------------------------------------------
-def _pair(v) -> list:
-    return list(v) if isinstance(v, (tuple, list)) else v
-
-
-def _record(m: nn.Module) -> dict | None:
-    if isinstance(m, LowRankConv2d):
-        return {"type": "LowRankConv2d", "args": {
-            "in_channels": m.vertical.in_channels, "out_channels": m.horizontal.out_channels,
-            "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
-            "bias": m.horizontal.bias is not None, "rank": m.vertical.out_channels}}
-    if isinstance(m, LowRankLinear):
-        return {"type": "LowRankLinear", "args": {
-            "in_features": m.first.in_features, "out_features": m.second.out_features,
-            "rank": m.first.out_features, "bias": m.second.bias is not None}}
-    if isinstance(m, nn.Conv2d):
-        w = m.weight
-        return {"type": "Conv2d", "args": {
-            "in_channels": int(w.shape[1] * m.groups), "out_channels": int(w.shape[0]),
-            "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "padding": _pair(m.padding),
-            "dilation": _pair(m.dilation), "groups": int(m.groups), "bias": m.bias is not None,
-            "padding_mode": m.padding_mode}}
-    if isinstance(m, nn.Linear):
-        return {"type": "Linear", "args": {"in_features": int(m.weight.shape[1]), "out_features": int(m.weight.shape[0]),
-                                           "bias": m.bias is not None}}
-    if isinstance(m, nn.BatchNorm2d):
-        n = m.weight.shape[0] if m.affine else m.running_mean.shape[0]
-        return {"type": "BatchNorm2d", "args": {"num_features": int(n), "eps": m.eps, "momentum": m.momentum,
-                                                "affine": m.affine, "track_running_stats": m.track_running_stats}}
-    return None
-
-
-_CONSTRUCT: dict[str, Callable[..., nn.Module]] = {
-    "LowRankConv2d": LowRankConv2d, "LowRankLinear": LowRankLinear,
-    "Conv2d": lambda **a: nn.Conv2d(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in a.items()}),
-    "Linear": nn.Linear, "BatchNorm2d": nn.BatchNorm2d,
-}
-_CONTAINERS = ("LowRankConv2d", "LowRankLinear")
-
-
-def describe_structure(model: nn.Module) -> list[dict]:
-    """[{"path", "type", "args"}] for every layer whose shape a compression stage may change."""
-    return [{"path": n, **r} for n, m in model.named_modules() if n and (r := _record(m)) is not None]
-
-
-def structure_changed(model: nn.Module, spec) -> bool:
-    """True when the model's layers no longer match a fresh build of `spec`."""
-    return describe_structure(build(spec)) != describe_structure(model)
-
-
-def apply_structure(model: nn.Module, records: list[dict]) -> nn.Module:
-    """Re-create the recorded layers (containers first, then leaves) in a freshly built model, in place."""
-    if not isinstance(records, list):
-        raise UserError("structure.json must hold a list of layer records")
-    ordered = [r for r in records if r.get("type") in _CONTAINERS] + \
-              [r for r in records if r.get("type") not in _CONTAINERS]
-    for r in ordered:
-        try:
-            path, typ, args = r["path"], r["type"], r["args"]
-            ctor = _CONSTRUCT[typ]
-            new = ctor(**args)
-            parent_name, _, attr = path.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if not hasattr(parent, attr):
-                raise AttributeError(path)
-            setattr(parent, attr, new)
-        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
-            raise UserError(f"structure.json: bad layer record {str(r)[:120]}: {type(e).__name__}: {e}") from None
-    return model
-
-
-def _stage_files(directory: Path, model: nn.Module, spec) -> None:
-    atomic_write_text(directory / "spec.json", spec.to_json() + "\n")
-    s = directory / "structure.json"
-    if structure_changed(model, spec):
-        atomic_write_json(s, describe_structure(model))
-    elif s.exists():
-        s.unlink()
-
-
-def save_stage_model(directory: str | Path, model: nn.Module, metrics: dict | None = None, spec=None) -> Path:
-    """spec.json (+ structure.json when layers changed) + model.pt (fp32 state_dict) + metrics.json."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    spec = spec or model.spec
-    P.make_permanent(model)
-    _stage_files(d, model, spec)
-    save_state_dict(d / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    if metrics is not None:
-        atomic_write_json(d / "metrics.json", metrics)
-    return d
-
-
-def _read_metrics(d: Path) -> dict:
-    f = d / "metrics.json"
-    if not f.is_file():
-        return {}
-    try:
-        m = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(m, dict):
-        raise UserError(f"{f} must hold a JSON object")
-    return m
-
-
-def load_model(directory: str | Path, map_location: str = "cpu"):
-    """(model in eval mode, spec, metrics) of a model directory or a float stage folder (structure re-applied).
-
-    Quantized stage folders are not float models: read them with `load_stage`.
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise UserError(f"model directory not found: {d}")
-    metrics = _read_metrics(d)
-    fmt = metrics.get("format", "float")
-    if fmt == "quantized":
-        raise UserError(f"{d} holds a quantized model, not a float model with spec.json + model.pt")
-    spec = read_spec(d / "spec.json")
-    try:
-        model = build(spec)
-    except SpecError as e:
-        raise SpecError(f"{d / 'spec.json'}: {e}") from None
-    sfile = d / "structure.json"
-    if sfile.is_file():
-        try:
-            records = json.loads(sfile.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{sfile} is not valid JSON: {e}") from None
-        apply_structure(model, records)
-    if fmt == "huffman":
-        from .huffman import decode
-
-        art = d / metrics.get("artifact", "model.huff")
-        if not art.is_file():
-            raise UserError(f"Huffman file not found: {art}")
-        try:
-            state = decode(art)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a corrupt file must be a one-line error
-            raise UserError(f"cannot decode {art}: {type(e).__name__}: {str(e)[:200]}") from None
-    else:
-        state = load_state_dict(d / "model.pt", map_location)
-    try:
-        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        more = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ""
-        raise UserError(f"{d}: the weights do not match spec.json/structure.json: {first} {more}"[:400]) from None
-    return model.eval(), spec, metrics
-
-
-def load_stage(directory: str | Path):
-    """The model of a stage folder: nn.Module (float, pruned, factorized, shared, Huffman-decoded) or the
-    quantized model object of `compress.quantize.load_quantized` for quantize stages."""
-    d = Path(directory)
-    metrics = _read_metrics(d) if d.is_dir() else {}
-    if metrics.get("format") == "quantized":
-        from .quantize import load_quantized
-
-        return load_quantized(d / metrics["artifact"])
-    return load_model(d)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,7 +206,24 @@ def finetune(model: nn.Module, splits: Splits, cfg: CompressConfig, epochs: int 
                temperature=cfg.temperature, alpha=cfg.alpha, progress=not cfg.quiet, desc=desc)
 
 
-def _stage_prune(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple[nn.Module, dict]:
+@dataclass
+class StageOutput:
+    """What one `_stage_*` function hands back to the runner: the model passed on, the artifact it wrote, and what
+    is measured for its table row."""
+
+    model: nn.Module                # the float model the next stage starts from
+    details: dict                   # stage-specific record, kept in metrics.json
+    fmt: str = "float"              # metrics.json "format": float, huffman or quantized
+    artifact: Path | None = None    # the file whose size is measured (None: the saved model.pt)
+    measured: Any = None            # what is measured (decoded or quantized model; None: `model`)
+    float_model: nn.Module | None = None  # float model of a quantized one, for MFLOPs and params
+    passes_model: bool = True       # False: an artifact made from the model, which the next stage gets unchanged
+    shared_info: Any = None         # weight-sharing codebooks, for a following huffman stage
+    seconds: float | None = None    # wall time of the work, when the stage measures it itself
+    row: dict = field(default_factory=dict)  # extra table columns (MCU_COLUMNS) the stage measured
+
+
+def _stage_prune(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
     baseline = evaluate(model, splits.val)
     steps = cfg.iterative
     log = []
@@ -379,10 +243,10 @@ def _stage_prune(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple
                "layer_sparsity": P.layer_sparsity(model)}
     if cfg.prune_method == "threshold":
         details["quality"] = float(st.value)
-    return model, details
+    return StageOutput(_settled(model), details)
 
 
-def _stage_lowrank(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple[nn.Module, dict]:
+def _stage_lowrank(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
     v = st.value
     model = model.cpu()
     if isinstance(v, dict):
@@ -399,7 +263,7 @@ def _stage_lowrank(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tup
                            f"(reached {after / 1e6:.4g})")
     if details["replaced"]:
         details["finetune"] = finetune(model, splits, cfg, desc="lowrank finetune").history
-    return model, details
+    return StageOutput(_settled(model), details)
 
 
 def _reset(model: nn.Module) -> None:
@@ -408,7 +272,7 @@ def _reset(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def _stage_distill(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple[nn.Module, dict]:
+def _stage_distill(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
     from .distill import distill
 
     if cfg.distill_from_scratch:
@@ -416,18 +280,85 @@ def _stage_distill(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tup
         _reset(model)
     r = distill(model, cfg.teacher, splits.train, splits.val, cfg.train_config(cfg.distill_epochs, splits.augment),
                 temperature=cfg.temperature, alpha=cfg.alpha, progress=not cfg.quiet)
-    return model, {"epochs": cfg.distill_epochs, "temperature": cfg.temperature, "alpha": cfg.alpha,
-                   "from_scratch": cfg.distill_from_scratch, "history": r.history}
+    return StageOutput(_settled(model), {"epochs": cfg.distill_epochs, "temperature": cfg.temperature,
+                                         "alpha": cfg.alpha, "from_scratch": cfg.distill_from_scratch,
+                                         "history": r.history})
 
 
-def _stage_share(model, st: Stage, splits: Splits, cfg: CompressConfig) -> tuple[nn.Module, Any, dict]:
+def _stage_share(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
     from .share import share_weights
 
     info = share_weights(model, int(st.value), train=splits.train, val=splits.val,
                          cfg=cfg.train_config(cfg.finetune_epochs, splits.augment), teacher=cfg.teacher,
                          temperature=cfg.temperature, alpha=cfg.alpha, progress=not cfg.quiet)
     model.cpu().eval()
-    return model, info, {"bits": int(st.value), "finetune_epochs": cfg.finetune_epochs}
+    details = {"bits": int(st.value), "finetune_epochs": cfg.finetune_epochs,
+               "info": _json_safe(info.to_dict() if hasattr(info, "to_dict") else info)}
+    return StageOutput(model, details, shared_info=info)
+
+
+def _stage_huffman(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
+    from .huffman import decode, encode, size_report
+
+    t0 = time.perf_counter()
+    art = d / "model.huff"
+    encode(model, state.shared_info, art)
+    decoded = copy.deepcopy(model)
+    decoded.load_state_dict({k: torch.as_tensor(v) for k, v in decode(art).items()})
+    seconds = time.perf_counter() - t0
+    exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
+    details = {"roundtrip_exact": exact}
+    try:
+        details["size_report"] = _json_safe(size_report(model, state.shared_info))
+    except Exception:  # noqa: BLE001 - the report is optional detail
+        pass
+    return StageOutput(model, details, "huffman", art, decoded, passes_model=False, seconds=seconds)
+
+
+def _stage_quantize(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
+    from .quantize import quantize
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = min(cfg.calib_images, len(splits.train))
+    idx = torch.randperm(len(splits.train), generator=g)[:n]
+    calib = splits.train.x.cpu()[idx]
+    qm = quantize(copy.deepcopy(model).cpu().eval(), calib, st.value, d, input_shape=state.shape)
+    seconds = time.perf_counter() - t0
+    art = Path(qm.path)
+    if not art.is_absolute() and not art.exists():
+        art = d / art
+    details = {"mode": st.value, "calib_images": n,
+               "note": "dynamic quantizes Linear layers only; convolutions stay fp32" if st.value == "dynamic" else ""}
+    return StageOutput(model, details, "quantized", art, qm, float_model=model, passes_model=False, seconds=seconds)
+
+
+def _stage_export(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
+    from .tflite import export_stage
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(splits.train), generator=g)[:min(cfg.calib_images, len(splits.train))]
+    tm, row, details, art = export_stage(model, state.spec, splits.train.x.cpu()[idx], splits.test, d,
+                                         cfg.tflm_arena_bytes, structure_changed(model, state.spec))
+    details["calib_images"] = len(idx)
+    return StageOutput(model, details, "tflite", art, tm, float_model=model, passes_model=False,
+                       seconds=time.perf_counter() - t0, row=row)
+
+
+#: The one dispatch: every kind in STAGE_KINDS runs through its `_stage_<kind>` function.
+_STAGES: dict[str, Callable[..., StageOutput]] = {
+    "prune": _stage_prune, "lowrank": _stage_lowrank, "distill": _stage_distill, "share": _stage_share,
+    "huffman": _stage_huffman, "quantize": _stage_quantize, "export": _stage_export,
+}
+assert set(_STAGES) == set(STAGE_KINDS)
+
+
+def _settled(model: nn.Module) -> nn.Module:
+    """A stage's model on CPU in eval mode with pruning masks made permanent, ready to save and measure."""
+    model = model.cpu().eval()
+    P.make_permanent(model)
+    return model
 
 
 def _json_safe(obj: Any, depth: int = 0) -> Any:
@@ -453,8 +384,103 @@ def _json_safe(obj: Any, depth: int = 0) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # The runner
 # ----------------------------------------------------------------------------------------------------------------
-def _dir_size(path: Path) -> int:
-    return path.stat().st_size
+@dataclass
+class _RunState:
+    """What the runner keeps between stages: where it writes, what it measures, the rows so far."""
+
+    out: Path
+    spec: Any
+    shape: tuple
+    splits: Splits
+    cfg: CompressConfig
+    source: str
+    say: Callable[[str], None]
+    preprocessing: dict = field(default_factory=dict)  # archs.preprocess record, the same for every stage
+    rows: list[dict] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    shared_info: Any = None
+
+    def record(self, label: str, kind: str, d: Path, artifact: Path, m, seconds: float, details: dict,
+               fmt: str, float_model=None, extra: dict | None = None) -> dict:
+        """Measure `m`, append its row, write the stage's metrics.json and the whole stages.csv, print a line."""
+        row = {"stage": label, "kind": kind}
+        row.update(measure(m, self.splits.test, artifact.stat().st_size, float_model, self.shape, self.splits.val,
+                           self.cfg.measure_latency))
+        base = self.rows[0]["size_bytes"] if self.rows else row["size_bytes"]
+        row["compression_ratio"] = base / row["size_bytes"] if row["size_bytes"] else float("nan")
+        row["seconds"] = seconds
+        if extra:
+            row.update(extra)
+            if "fp32_test_acc" in details:
+                row["int8_acc_change"] = row["test_acc"] - details["fp32_test_acc"]
+        try:
+            row["artifact"] = str(artifact.resolve().relative_to(self.out.resolve()))
+        except ValueError:
+            row["artifact"] = str(artifact)
+        row["dir"] = d.name
+        self.rows.append(row)
+        self.written.append(d.name)
+        meta = {**row, "format": fmt, "artifact": os.path.relpath(artifact.resolve(), d.resolve()),
+                "source": self.source, "spec": self.spec.to_string(), "seed": self.cfg.seed,
+                "details": _json_safe(details), PREPROCESSING_KEY: self.preprocessing}
+        if artifact.suffix == ".onnx":
+            meta["io"] = onnx_io(artifact)
+        atomic_write_json(d / "metrics.json", meta)
+        atomic_write_text(self.out / "stages.csv", self.table().to_csv(index=False))
+        self.say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  "
+                 f"{row['nonzero_params']:,} nonzero  {row['size_bytes']:,} B ({row['compression_ratio']:.2f}x)  "
+                 f"{row['latency_b1_ms']:.3f} ms b1  {seconds:.1f} s")
+        return row
+
+    def table(self) -> pd.DataFrame:
+        mcu = any(k in r for r in self.rows for k in MCU_COLUMNS)
+        return pd.DataFrame(self.rows, columns=COLUMNS + (MCU_COLUMNS if mcu else []))
+
+
+def _fresh_stage_dir(out: Path, i: int, label: str) -> Path:
+    """OUT/NN_<label>/, emptied of what an earlier run left there."""
+    d = out / f"{i:02d}_{label}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def _record_original(model: nn.Module, state: _RunState, original_metrics: dict | None) -> None:
+    d0 = state.out / "00_original"
+    save_stage_model(d0, model, None, state.spec)
+    state.record("original", "original", d0, d0 / "model.pt", model, 0.0,
+                 {"source_metrics": original_metrics or {}}, "float")
+
+
+def _run_stage(model: nn.Module, i: int, st: Stage, state: _RunState) -> nn.Module:
+    """Run stage `i` through its `_stage_*` function, save its folder, record its row; the model passed on."""
+    label = st.label(state.cfg)
+    d = _fresh_stage_dir(state.out, i, label)
+    t0 = time.perf_counter()
+    res = _STAGES[st.kind](model, st, state.splits, state.cfg, d, state)
+    seconds = res.seconds if res.seconds is not None else time.perf_counter() - t0
+    measured = res.model if res.measured is None else res.measured
+    if res.fmt == "float":
+        save_stage_model(d, res.model, None, state.spec)
+    elif res.fmt == "huffman":
+        write_spec_files(d, measured, state.spec)
+    if res.passes_model:
+        state.shared_info = res.shared_info
+    artifact = res.artifact if res.artifact is not None else d / "model.pt"
+    state.record(label, st.kind, d, artifact, measured, seconds, res.details, res.fmt, res.float_model, res.row)
+    return res.model
+
+
+def _remove_stale_stage_dirs(out: Path, written: list[str]) -> None:
+    """Remove stage folders of an earlier run that this run did not rewrite."""
+    for p in out.iterdir():
+        if p.is_dir() and _STAGE_DIR.match(p.name) and p.name not in written and (p / "metrics.json").is_file():
+            try:
+                if "stage" in json.loads((p / "metrics.json").read_text()):
+                    shutil.rmtree(p)
+            except (json.JSONDecodeError, OSError):
+                pass
 
 
 def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: CompressConfig, out: str | Path,
@@ -466,122 +492,24 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
     Model-changing stages (prune, lowrank, distill, share) pass their model on; quantize and huffman produce an
     artifact from the current model and leave it unchanged for the stages after them.
     """
-    from tqdm.auto import tqdm
-
     validate_stages(stages, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or model.spec
+    prep = Preprocessing.from_data(splits, spec).to_dict()  # before resizing: the data set's own side
     splits = splits.resized(spec.input_size)
-    shape = spec.input_shape
-    say = echo or (lambda s: None)
+    state = _RunState(out, spec, spec.input_shape, splits, cfg, source, echo or (lambda s: None), prep)
     torch.manual_seed(cfg.seed)
     model = model.cpu().eval()
     P.make_permanent(model)
-    rows: list[dict] = []
-    written: list[str] = []
-    csv = out / "stages.csv"
-
-    def record(label: str, kind: str, d: Path, artifact: Path, m, seconds: float, details: dict,
-               fmt: str, float_model=None) -> dict:
-        row = {"stage": label, "kind": kind}
-        row.update(measure(m, splits.test, _dir_size(artifact), float_model, shape, splits.val, cfg.measure_latency))
-        base = rows[0]["size_bytes"] if rows else row["size_bytes"]
-        row["compression_ratio"] = base / row["size_bytes"] if row["size_bytes"] else float("nan")
-        row["seconds"] = seconds
-        try:
-            row["artifact"] = str(artifact.resolve().relative_to(out.resolve()))
-        except ValueError:
-            row["artifact"] = str(artifact)
-        row["dir"] = d.name
-        rows.append(row)
-        written.append(d.name)
-        meta = {**row, "format": fmt, "artifact": os.path.relpath(artifact.resolve(), d.resolve()), "source": source, "spec": spec.to_string(),
-                "seed": cfg.seed, "details": _json_safe(details)}
-        atomic_write_json(d / "metrics.json", meta)
-        df = pd.DataFrame(rows, columns=COLUMNS)
-        atomic_write_text(csv, df.to_csv(index=False))
-        say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  {row['nonzero_params']:,} nonzero"
-            f"  {row['size_bytes']:,} B ({row['compression_ratio']:.2f}x)  {row['latency_b1_ms']:.3f} ms b1"
-            f"  {seconds:.1f} s")
-        return row
-
-    # original
-    d0 = out / "00_original"
-    save_stage_model(d0, model, None, spec)
-    record("original", "original", d0, d0 / "model.pt", model, 0.0, {"source_metrics": original_metrics or {}},
-           "float")
-
-    shared_info = None
-    bar = tqdm(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
+    _record_original(model, state, original_metrics)
+    bar = progress(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
     for i, st in enumerate(bar, 1):
-        label = st.label(cfg)
-        bar.set_postfix_str(label)
-        d = out / f"{i:02d}_{label}"
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        t0 = time.perf_counter()
-        if st.kind in ("prune", "lowrank", "distill"):
-            fn = {"prune": _stage_prune, "lowrank": _stage_lowrank, "distill": _stage_distill}[st.kind]
-            model, details = fn(model, st, splits, cfg)
-            model = model.cpu().eval()
-            P.make_permanent(model)
-            seconds = time.perf_counter() - t0
-            save_stage_model(d, model, None, spec)
-            shared_info = None
-            record(label, st.kind, d, d / "model.pt", model, seconds, details, "float")
-        elif st.kind == "share":
-            model, shared_info, details = _stage_share(model, st, splits, cfg)
-            seconds = time.perf_counter() - t0
-            save_stage_model(d, model, None, spec)
-            details["info"] = _json_safe(shared_info.to_dict() if hasattr(shared_info, "to_dict") else shared_info)
-            record(label, st.kind, d, d / "model.pt", model, seconds, details, "float")
-        elif st.kind == "huffman":
-            from .huffman import decode, encode
-
-            art = d / "model.huff"
-            encode(model, shared_info, art)
-            decoded = copy.deepcopy(model)
-            decoded.load_state_dict({k: torch.as_tensor(v) for k, v in decode(art).items()})
-            seconds = time.perf_counter() - t0
-            exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), decoded.state_dict().values()))
-            _stage_files(d, decoded, spec)
-            details = {"roundtrip_exact": exact}
-            try:
-                from .huffman import size_report
-
-                details["size_report"] = _json_safe(size_report(model, shared_info))
-            except Exception:  # noqa: BLE001 - the report is optional detail
-                pass
-            record(label, st.kind, d, art, decoded, seconds, details, "huffman")
-        elif st.kind == "quantize":
-            from .quantize import quantize
-
-            g = torch.Generator().manual_seed(cfg.seed)
-            n = min(cfg.calib_images, len(splits.train))
-            idx = torch.randperm(len(splits.train), generator=g)[:n]
-            calib = splits.train.x.cpu()[idx]
-            qm = quantize(copy.deepcopy(model).cpu().eval(), calib, st.value, d, input_shape=shape)
-            seconds = time.perf_counter() - t0
-            art = Path(qm.path)
-            if not art.is_absolute() and not art.exists():
-                art = d / art
-            details = {"mode": st.value, "calib_images": n,
-                       "note": "dynamic quantizes Linear layers only; convolutions stay fp32" if st.value == "dynamic"
-                       else ""}
-            record(label, st.kind, d, art, qm, seconds, details, "quantized", float_model=model)
+        bar.set_postfix_str(st.label(cfg))
+        model = _run_stage(model, i, st, state)
     bar.close()
-    # remove stage folders of an earlier run that this run did not rewrite
-    for p in out.iterdir():
-        if p.is_dir() and _STAGE_DIR.match(p.name) and p.name not in written and (p / "metrics.json").is_file():
-            try:
-                if "stage" in json.loads((p / "metrics.json").read_text()):
-                    shutil.rmtree(p)
-            except (json.JSONDecodeError, OSError):
-                pass
-    return pd.DataFrame(rows, columns=COLUMNS)
-
+    _remove_stale_stage_dirs(out, state.written)
+    return state.table()
 
 def format_table(df: pd.DataFrame) -> str:
     """The stage table for a terminal: accuracy in percent, sizes in bytes, latency in ms."""
@@ -592,5 +520,10 @@ def format_table(df: pd.DataFrame) -> str:
         rows.append([r.stage, f"{100 * r.test_acc:.2f}", f"{r.mflops:.4f}", f"{int(r.params):,}",
                      f"{int(r.nonzero_params):,}", f"{int(r.size_bytes):,}", f"{r.compression_ratio:.2f}x",
                      f"{r.latency_b1_ms:.3f}", f"{r.latency_b64_ms:.3f}", f"{r.seconds:.1f}"])
-    return tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
-                                   "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    table = tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
+                                    "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    if "arena_bytes" in df.columns and df["arena_bytes"].notna().any():
+        from .tflite import format_mcu_table
+
+        table += "\n\n" + format_mcu_table(df[df["arena_bytes"].notna()])
+    return table

@@ -16,6 +16,7 @@ from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
 from .confirm import CONFIRMS
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
 
 COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
@@ -130,15 +131,19 @@ class Objective:
         def on_epoch(epoch: int, acc: float) -> None:
             check_interrupt()  # a Ctrl-C whose KeyboardInterrupt Python dropped stops the trial here
             curve.append(acc)
-            trial.set_user_attr("curve", curve)
-            if self.stopper is None:
-                trial.report(acc, epoch)
-                if not confirming and trial.should_prune():
-                    trial.set_user_attr("epochs_run", epoch)
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-            elif self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key]):
+            trial.set_user_attr("curve", list(curve))
+            try:
+                with fail_fast():  # during a database outage: keep training, skip this epoch's pruning check
+                    if self.stopper is None:
+                        trial.report(acc, epoch)
+                        stop = not confirming and trial.should_prune()
+                    else:
+                        stop = self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key])
+            except StorageUnavailable:
+                stop = False
+            if stop:
                 trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"dominated at epoch {epoch}")
+                raise optuna.TrialPruned(f"{'pruned' if self.stopper is None else 'dominated'} at epoch {epoch}")
 
         model.to(self.device)
         try:

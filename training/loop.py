@@ -285,6 +285,37 @@ def fit(model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainC
     CUDA with the exact step recorded). The global RNGs are seeded from `cfg.seed`; the model is left in eval mode.
     """
     cfg = cfg or TrainConfig()
+    _check_fit_args(train, teacher, temperature, alpha)
+    device = resolve_device(cfg.device)
+    if val is not None and len(val) == 0:
+        val = None
+    set_seed(cfg.seed)
+    t_start = time.perf_counter()
+    run = _start_run(model, train, val, cfg, device, teacher, temperature, alpha)
+    result = FitResult()
+    train_seconds = 0.0
+    bar = _progress_bar(cfg.epochs, desc) if progress else None
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss = _train_epoch(run, epoch)
+            train_seconds += time.perf_counter() - t0
+            val_acc = evaluate(model, run.val, device=device, amp=cfg.amp) if run.val is not None else None
+            _record_epoch(result, bar, epoch, train_loss, val_acc, run.opt.param_groups[0]["lr"], t0)
+            if on_epoch is not None and val_acc is not None:
+                on_epoch(epoch, val_acc)
+        if cfg.epochs == 0 and run.val is not None:
+            result.val_acc = result.best_val_acc = evaluate(model, run.val, device=device, amp=cfg.amp)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    result.seconds = time.perf_counter() - t_start
+    result.images_per_second = (len(run.train) * cfg.epochs / train_seconds) if train_seconds > 0 else 0.0
+    return result
+
+
+def _check_fit_args(train: TensorData, teacher: nn.Module | None, temperature: float, alpha: float) -> None:
     if len(train) == 0:
         raise UserError("cannot train on an empty data set")
     if teacher is not None:
@@ -292,12 +323,33 @@ def fit(model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainC
             raise UserError(f"distillation temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"distillation alpha must be in [0, 1], got {alpha}")
-    device = resolve_device(cfg.device)
-    if val is not None and len(val) == 0:
-        val = None
-    set_seed(cfg.seed)
-    t_start = time.perf_counter()
 
+
+@dataclass
+class _Run:
+    """What `fit` keeps across epochs: device copies of the data, optimizer, schedule, scaler and generators."""
+
+    model: nn.Module
+    train: TensorData
+    val: TensorData | None
+    cfg: TrainConfig
+    device: torch.device
+    teacher: nn.Module | None      # None when not distilling (or alpha == 0)
+    temperature: float
+    alpha: float
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR | None
+    params: list[torch.Tensor]
+    perm_gen: torch.Generator
+    aug_gen: torch.Generator | None
+    n_batches: int
+
+
+def _start_run(model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainConfig, device: torch.device,
+               teacher: nn.Module | None, temperature: float, alpha: float) -> _Run:
+    """Move model and data to the device once; make the optimizer, warm-up/cosine schedule and seeded generators."""
     model.to(device)
     train_d = train.to(device)
     val_d = val.to(device) if val is not None else None
@@ -306,107 +358,108 @@ def fit(model: nn.Module, train: TensorData, val: TensorData | None, cfg: TrainC
         teacher.to(device).eval()
     amp_dtype = _amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    on_cuda = device.type == "cuda"
-
-    n = len(train_d)
-    n_batches = max(1, math.ceil(n / cfg.batch_size))
+    n_batches = max(1, math.ceil(len(train_d) / cfg.batch_size))
     total_steps = cfg.epochs * n_batches
     opt = _make_optimizer(model, cfg)
     warmup = min(total_steps, int(round(cfg.warmup_epochs * n_batches)))
     sched = None
     if cfg.schedule != "none" or warmup:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup, cfg.schedule))
-
     perm_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment != "none" else None
     params = [p for g in opt.param_groups for p in g["params"]]
+    return _Run(model, train_d, val_d, cfg, device, teacher if use_teacher else None, temperature, alpha, amp_dtype,
+                scaler, opt, sched, params, perm_gen, aug_gen, n_batches)
 
-    result = FitResult()
-    train_seconds = 0.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            # evenly sized batches (no tiny last batch to upset BatchNorm), none larger than batch_size
-            perm = torch.randperm(n, generator=perm_gen).to(device, non_blocking=True)
-            batches = torch.tensor_split(perm, n_batches)
-            loss_host = 0.0
-            if on_cuda:  # per-step losses stay on the device: one copy kernel per step, no host sync
-                step_losses = torch.zeros(len(batches), device=device)
-                checked = 0
-            for step, idx in enumerate(batches):
-                xb = train_d.x.index_select(0, idx)
-                yb = train_d.y.index_select(0, idx)
-                if aug_gen is not None:
-                    xb = augment_batch(xb, cfg.augment, aug_gen)
-                with _autocast(device, amp_dtype):
-                    out = model(xb)
-                    if use_teacher:
-                        with torch.no_grad():
-                            t_out = teacher(xb)
-                        loss = distillation_loss(out, t_out, yb, temperature, alpha, cfg.label_smoothing)
-                    else:
-                        loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
-                if on_cuda:
-                    step_losses[step] = loss.detach()
-                    if (step + 1) % CUDA_NAN_CHECK_EVERY == 0:
-                        _check_finite(step_losses, checked, step + 1, epoch, opt)
-                        checked = step + 1
-                else:  # on CPU reading the loss costs nothing: check every step
-                    lv = loss.item()
-                    if not math.isfinite(lv):
-                        raise TrainingDiverged(epoch, step + 1, lv, opt.param_groups[0]["lr"])
-                    loss_host += lv * idx.numel()
-                opt.zero_grad(set_to_none=True)
-                if scaler.is_enabled():
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip is not None:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
-                if sched is not None:
-                    sched.step()
-            if on_cuda:
-                _check_finite(step_losses, checked, len(batches), epoch, opt)
-                sizes = torch.tensor([b.numel() for b in batches], device=device, dtype=torch.float32)
-                loss_host = float((step_losses * sizes).sum().item())  # the epoch's one sync
-            train_seconds += time.perf_counter() - t0
-            train_loss = loss_host / n
-            val_acc = evaluate(model, val_d, device=device, amp=cfg.amp) if val_d is not None else None
-            row = {"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
-                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-            result.history.append(row)
-            if val_acc is not None:
-                result.val_acc = val_acc
-                result.best_val_acc = val_acc if result.best_val_acc is None else max(result.best_val_acc, val_acc)
-            if bar is not None:
-                post = {"loss": f"{train_loss:.4f}"}
-                if val_acc is not None:
-                    post["val_acc"] = f"{100 * val_acc:.2f}%"
-                bar.set_postfix(post)
-                bar.update(1)
-            if on_epoch is not None and val_acc is not None:
-                on_epoch(epoch, val_acc)
-        if cfg.epochs == 0 and val_d is not None:
-            result.val_acc = result.best_val_acc = evaluate(model, val_d, device=device, amp=cfg.amp)
-    finally:
-        if bar is not None:
-            bar.close()
-        model.eval()
-    result.seconds = time.perf_counter() - t_start
-    result.images_per_second = (n * cfg.epochs / train_seconds) if train_seconds > 0 else 0.0
-    return result
+def _progress_bar(epochs: int, desc: str):
+    from archs.cli import progress
+
+    return progress(total=epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One epoch over a seeded permutation in evenly sized batches; the mean training loss per example."""
+    model, device, data = run.model, run.device, run.train
+    model.train()
+    n = len(data)
+    # evenly sized batches (no tiny last batch to upset BatchNorm), none larger than batch_size
+    perm = torch.randperm(n, generator=run.perm_gen).to(device, non_blocking=True)
+    batches = torch.tensor_split(perm, run.n_batches)
+    on_cuda = device.type == "cuda"
+    loss_host = 0.0
+    if on_cuda:  # per-step losses stay on the device: one copy kernel per step, no host sync
+        step_losses = torch.zeros(len(batches), device=device)
+        checked = 0
+    for step, idx in enumerate(batches):
+        xb = data.x.index_select(0, idx)
+        yb = data.y.index_select(0, idx)
+        if run.aug_gen is not None:
+            xb = augment_batch(xb, run.cfg.augment, run.aug_gen)
+        loss = _batch_loss(run, xb, yb)
+        if on_cuda:
+            step_losses[step] = loss.detach()
+            if (step + 1) % CUDA_NAN_CHECK_EVERY == 0:
+                _check_finite(step_losses, checked, step + 1, epoch, run.opt)
+                checked = step + 1
+        else:  # on CPU reading the loss costs nothing: check every step
+            lv = loss.item()
+            if not math.isfinite(lv):
+                raise TrainingDiverged(epoch, step + 1, lv, run.opt.param_groups[0]["lr"])
+            loss_host += lv * idx.numel()
+        _optimizer_step(run, loss)
+    if on_cuda:
+        _check_finite(step_losses, checked, len(batches), epoch, run.opt)
+        sizes = torch.tensor([b.numel() for b in batches], device=device, dtype=torch.float32)
+        loss_host = float((step_losses * sizes).sum().item())  # the epoch's one sync
+    return loss_host / n
+
+
+def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, or the distillation loss against the teacher's logits on the same batch (under autocast)."""
+    with _autocast(run.device, run.amp_dtype):
+        out = run.model(xb)
+        if run.teacher is not None:
+            with torch.no_grad():
+                t_out = run.teacher(xb)
+            return distillation_loss(out, t_out, yb, run.temperature, run.alpha, run.cfg.label_smoothing)
+        return F.cross_entropy(out.float(), yb, label_smoothing=run.cfg.label_smoothing)
+
+
+def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
+    """Backward (scaled under fp16 autocast), optional gradient clipping, optimizer and schedule step."""
+    opt, clip = run.opt, run.cfg.grad_clip
+    opt.zero_grad(set_to_none=True)
+    if run.scaler.is_enabled():
+        run.scaler.scale(loss).backward()
+        if clip is not None:
+            run.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(run.params, clip)
+        run.scaler.step(opt)
+        run.scaler.update()
+    else:
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.params, clip)
+        opt.step()
+    if run.sched is not None:
+        run.sched.step()
+
+
+def _record_epoch(result: FitResult, bar, epoch: int, train_loss: float, val_acc: float | None, lr: float,
+                  t0: float) -> None:
+    """Append the epoch's history row, track the last and best validation accuracy, update the progress bar."""
+    result.history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc, "lr": lr,
+                           "seconds": time.perf_counter() - t0})
+    if val_acc is not None:
+        result.val_acc = val_acc
+        result.best_val_acc = val_acc if result.best_val_acc is None else max(result.best_val_acc, val_acc)
+    if bar is not None:
+        post = {"loss": f"{train_loss:.4f}"}
+        if val_acc is not None:
+            post["val_acc"] = f"{100 * val_acc:.2f}%"
+        bar.set_postfix(post)
+        bar.update(1)
 
 
 def _check_finite(step_losses: torch.Tensor, lo: int, hi: int, epoch: int, opt) -> None:
