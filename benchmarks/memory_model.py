@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archs import build, estimate  # noqa: E402
 from archs.memory import memory  # noqa: E402
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from specgen import random_specs  # noqa: E402
 
 
@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="JSON lines of TFLM measurements, reused and extended")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "memory_model.json"))
     ap.add_argument("--quiet", action="store_true")
+    add_common_args(ap, seeds=False)
     args = ap.parse_args(argv)
+    if args.quick:  # three specs, measured afresh (not from or into the cache): the code paths run
+        args.n, args.repeats, args.cache = 3, 5, str(Path(tempfile.mkdtemp()) / "tflm.jsonl")
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
@@ -132,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["memory_over_estimate"] = summary["median_us_memory"] / summary["median_us_estimate"]
     summary["export_tflm_over_memory"] = summary["median_s_export_tflm"] * 1e6 / summary["median_us_memory"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "rows": rows, "refused": refused,
-                               "machine": platform.platform(), "python": platform.python_version(),
-                               "command": " ".join(sys.argv)}, indent=1) + "\n")
+    out = write_results(args.out, {"summary": summary, "rows": rows, "refused": refused}, args, [args.seed])
     s = summary
     table = [
         ["specs compared (of generated)", f"{n} of {args.n} ({len(refused)} refused by the exporter)"],

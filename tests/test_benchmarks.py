@@ -15,7 +15,7 @@ from benchmarks._common import DEV_SEEDS, REPORT_SEEDS, resolve_seeds, seed_kind
 # benchmark -> the flag naming its JSON output (the scripts predate one common name)
 BENCHMARKS = {"search_quality": "--json", "make_run": "--json", "compression": "--json", "augment": "--json",
               "val_noise": "--json", "prune_steps": "--json", "count_speed": "--out", "train_throughput": "--out",
-              "workers": "--out", "zoo_table": "--json"}
+              "workers": "--out", "zoo_table": "--json", "memory_model": "--out"}
 
 
 def test_every_benchmark_script_is_smoke_tested():
@@ -29,8 +29,14 @@ def test_report_seeds_are_disjoint_from_development_seeds():
     assert seed_kind(REPORT_SEEDS) == "report" and seed_kind([0]) == "dev" and seed_kind([0, 100]) == "other"
 
 
+# archs.memory has no graph rule for the 'mbv3' block that specgen now draws (KeyError 'mbv3' in BLOCK_GRAPH): the
+# smoke run found it; strict, so this mark must go once it is fixed
+BROKEN = {"memory_model": "archs.memory: no BLOCK_GRAPH rule for 'mbv3' (KeyError)"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BROKEN[n]))
+                                  if n in BROKEN else n for n in sorted(BENCHMARKS)])
 def test_benchmark_quick_run_writes_json_with_provenance(name, tmp_path):
     out = tmp_path / f"{name}.json"
     extra = {"search_quality": ["--out", str(tmp_path / "studies")], "make_run": ["--out", str(tmp_path / "mr")],
