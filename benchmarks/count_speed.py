@@ -23,7 +23,6 @@ import collections
 import contextlib
 import importlib.util
 import io
-import json
 import platform
 import statistics
 import sys
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from archs import build, conv_linear_macs, count, count_ptflops, estimate  # noqa: E402
 from archs.registry import names  # noqa: E402
 from specgen import random_specs  # noqa: E402
@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a checkout of an earlier commit: time its estimate against this one, interleaved")
     ap.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds with --baseline (default 8)")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "count_speed.json"))
+    add_common_args(ap, seeds=False)
     a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.estimate_repeats = 20, 2
     if a.threads:
         torch.set_num_threads(a.threads)
     warnings.simplefilter("ignore")
@@ -236,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": wall, "python": platform.python_version(), "torch": torch.__version__,
         "machine": platform.machine(), "processor": platform.processor(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results(a.out, result, a, [a.seed])
     print(f"wrote {out}")
     return 0 if agree_macs == agree_params == a.n and not missing else 1
 

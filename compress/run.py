@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", action=_StageAction, kind="quantize", metavar="MODE",
                    help=f"post-training quantization for CPU: {', '.join(QUANT_MODES)} (dynamic quantizes Linear "
                         "layers only); the model passed on to later stages stays float")
+    g.add_argument("--export", action=_StageAction, kind="export", metavar="FORMAT",
+                   help="deployment: 'tflite' writes a full-integer int8 model_int8.tflite (NHWC int8 input) and "
+                        "model_data.cc/.h for firmware, then runs the test set in TensorFlow Lite Micro and records "
+                        "its int8 accuracy, arena and flash bytes beside archs.memory's estimates (needs .[mcu])")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune-method", choices=METHODS, default="magnitude",
                    help="magnitude (per layer), global (one ranking), threshold (Deep Compression q x std), "
@@ -115,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of a zoo:NAME teacher")
     g = p.add_argument_group("quantization")
     g.add_argument("--calib-images", type=int, default=256, help="training images used to calibrate int8")
+    g.add_argument("--tflm-arena-kb", type=float, default=None, metavar="KB",
+                   help="--export tflite: tensor arena to run TFLM in, kB (1 kB = 1,024 bytes; default: the arena "
+                        "archs.memory computes for the model)")
     g = p.add_argument_group("data and output")
     g.add_argument("--dataset", default=None, help="data set (default: the one in MODEL_DIR/metrics.json, else digits)")
     g.add_argument("--data-dir", default=None, help="where torchvision data sets live")
@@ -198,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                          iterative=args.iterative, max_drop=args.max_drop, temperature=args.temperature,
                          alpha=args.kd_alpha, distill_epochs=args.distill_epochs,
                          distill_from_scratch=args.distill_from_scratch, calib_images=args.calib_images,
-                         quiet=args.quiet, measure_latency=not args.no_latency)
+                         quiet=args.quiet, measure_latency=not args.no_latency,
+                         tflm_arena_bytes=None if args.tflm_arena_kb is None else int(args.tflm_arena_kb * 1024))
     stages: list[Stage] = args.stages
     if any(s.kind == "distill" for s in stages) and not args.distill_from:
         raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")

@@ -304,38 +304,14 @@ def quantize_input(x_nchw: torch.Tensor, scale: float, zero_point: int) -> np.nd
 # TFLM runs (subprocess: an arena that is too small can abort the runtime)
 # ----------------------------------------------------------------------------------------------------------------
 _ALLOC_RE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
+_PART_RE = re.compile(r"'([^']+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+) ")
 _MISSING_OP_RE = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
 
 
-def _worker(args: list[str]) -> None:
-    """Subprocess entry: allocate (and optionally run) a model in TFLM; prints the allocation report."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    path, arena, inp, out = args[0], int(args[1]), args[2], args[3]
-    ip = runtime.Interpreter.from_file(path, arena_size=arena)
-    d = ip.get_input_details(0)
-    if inp:
-        xs = np.load(inp)
-        outs = []
-        for x in xs:
-            ip.set_input(x[None].astype(d["dtype"]), 0)
-            ip.invoke()
-            outs.append(np.array(ip.get_output(0)).reshape(-1))
-        np.save(out, np.stack(outs))
-    else:
-        ip.set_input(np.zeros(d["shape"], dtype=d["dtype"]), 0)
-        ip.invoke()
-    sys.stdout.flush()
-    ip.print_allocations()
-    sys.stdout.flush()
-
-
 def _run_worker(path: Path, arena: int, inp: str = "", out: str = "", timeout: float = 600) -> tuple[int, str]:
-    code = "import sys; from compress.tflite import _worker; _worker(sys.argv[1:])"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH", "")] if p)}
-    r = subprocess.run([sys.executable, "-c", code, str(path), str(int(arena)), inp, out], capture_output=True,
-                       text=True, timeout=timeout, env=env)
+    worker = Path(__file__).with_name("tflm_worker.py")
+    args = [sys.executable, str(worker), str(path), str(int(arena))] + ([inp, out] if inp else [])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -351,8 +327,9 @@ def _parse_allocation(path: Path, rc: int, text: str) -> dict[str, int] | None:
     missing = _MISSING_OP_RE.search(text)
     if missing:
         raise UserError(f"{path.name}: TensorFlow Lite Micro has no kernel for operator {missing[1]}")
-    found = {k: int(v) for k, v in _ALLOC_RE.findall(text)}
+    found: dict = {k: int(v) for k, v in _ALLOC_RE.findall(text)}
     if rc == 0 and len(found) == 3:
+        found["parts"] = {name: [int(u), int(r), int(n)] for name, u, r, n in _PART_RE.findall(text)}
         return found
     if re.search(r"(?i)fail(ed)? to (allocate|resize)|arena|too small|not enough|exceed", text):
         return None
@@ -418,5 +395,78 @@ def write_c_array(tflite_path: str | os.PathLike, out_dir: str | os.PathLike, ar
     return h, cc
 
 
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2)
+# ----------------------------------------------------------------------------------------------------------------
+# The --export tflite stage
+# ----------------------------------------------------------------------------------------------------------------
+class TflmModel:
+    """The exported int8 model run in-process by TFLM (after a subprocess showed that it fits its arena): a callable
+    from float NCHW images to dequantized logits, so the stage runner measures it like any other model."""
+
+    def __init__(self, path: str | os.PathLike, arena_bytes: int, info: dict):
+        from tflite_micro.python.tflite_micro import runtime
+
+        self.path, self.info = Path(path), info
+        self.interpreter = runtime.Interpreter.from_file(str(path), arena_size=int(arena_bytes))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        ip, info = self.interpreter, self.info
+        xs = quantize_input(torch.as_tensor(x), info["input_scale"], info["input_zero_point"])
+        out = []
+        for xi in xs:
+            ip.set_input(xi[None], 0)
+            ip.invoke()
+            out.append(np.array(ip.get_output(0), dtype=np.float32).reshape(-1))
+        y = (np.stack(out) - info["output_zero_point"]) * info["output_scale"]
+        return torch.from_numpy(y.astype(np.float32))
+
+
+def export_stage(model: nn.Module, spec, calib: torch.Tensor, test, d: Path, arena_bytes: int | None = None,
+                 structure_changed: bool = False) -> tuple[TflmModel, dict, dict, Path]:
+    """Export `model` to d/model_int8.tflite (+ model_data.cc/.h), size its TFLM arena from `archs.memory(spec)`
+    (or `arena_bytes`; by probing TFLM when the layers no longer match the spec), check that it fits, and
+    return (the model run by TFLM, the stage's row columns, its details, the artifact)."""
+    from archs.memory import memory
+    from training.loop import evaluate
+
+    require_mcu()
+    path = d / "model_int8.tflite"
+    info = export_int8(model, calib, path)
+    est = None if structure_changed else memory(spec)
+    if arena_bytes is None:
+        arena_bytes = est.arena_bytes if est is not None else min_arena(path, 4 * path.stat().st_size)["total"]
+    rep = tflm_allocation(path, arena_bytes)
+    if rep is None:
+        raise UserError(f"{path.name} does not fit a TensorFlow Lite Micro arena of {arena_bytes:,} bytes "
+                        f"({arena_bytes / 1024:.1f} kB); it needs "
+                        f"{min_arena(path, arena_bytes)['total']:,} bytes")
+    write_c_array(path, d, rep["total"], info={"input": f"{info['input_shape']} int8 NHWC, scale "
+                                                         f"{info['input_scale']:.8g}, zero point {info['input_zero_point']}",
+                                               "output": f"int8, scale {info['output_scale']:.8g}, zero point "
+                                                         f"{info['output_zero_point']}"})
+    fp32 = evaluate(model, test)
+    tm = TflmModel(path, arena_bytes, info)
+    row = {"arena_bytes": rep["total"], "arena_head_bytes": rep["head"], "arena_tail_bytes": rep["tail"],
+           "flash_bytes": path.stat().st_size,
+           "arena_bytes_est": est.arena_bytes if est is not None else float("nan"),
+           "arena_head_bytes_est": est.activation_bytes if est is not None else float("nan"),
+           "flash_bytes_est": est.flash_bytes if est is not None else float("nan")}
+    details = {**info, "arena_size_run": int(arena_bytes), "tflm_allocation": rep, "fp32_test_acc": fp32,
+               "memory_model": None if est is None else est.to_dict(),
+               "note": "TFLM (tflite-micro) reference kernels; arena and flash in bytes"}
+    return tm, row, details, path
+
+
+def format_mcu_table(df) -> str:
+    """The --export tflite rows for a terminal: TFLM int8 accuracy and its change, arena and flash in kB
+    (1 kB = 1,024 bytes), measured beside archs.memory's estimate."""
+    from tabulate import tabulate
+
+    def kb(v) -> str:
+        return "n/a" if v != v else f"{v / 1024:.2f}"
+
+    rows = [[r.stage, f"{100 * r.test_acc:.2f}", f"{100 * r.int8_acc_change:+.2f}", kb(r.arena_bytes),
+             kb(r.arena_bytes_est), kb(r.arena_head_bytes), kb(r.arena_head_bytes_est), kb(r.flash_bytes),
+             kb(r.flash_bytes_est)] for r in df.itertuples()]
+    return tabulate(rows, headers=["stage", "TFLM int8 test acc %", "vs fp32 points", "arena kB", "arena est kB",
+                                   "activations kB", "activations est kB", "flash kB", "flash est kB"],
+                    tablefmt="github") + "\n(TensorFlow Lite Micro; kB = 1,024 bytes)"

@@ -13,7 +13,8 @@ Storage choice (see README, "Parallel and distributed search"):
   are detected (by process id).
 
 Heartbeat interval and grace period come from ``EDGENAS_HEARTBEAT_INTERVAL`` (s, default 10) and
-``EDGENAS_HEARTBEAT_GRACE`` (s, default 30); tests use 1-2 s / 6-8 s.
+``EDGENAS_HEARTBEAT_GRACE`` (s, default 30); tests use 1-2 s / 6-8 s. SQLite's busy timeout: 60 s
+(``EDGENAS_SQLITE_BUSY_TIMEOUT``).
 
 Every RDB storage is wrapped in `ResilientStorage`: the one place where a database outage (a server restart, a
 failover, SQLite "database is locked" beyond the busy timeout) is ridden out. See docs/reliability.md.
@@ -77,6 +78,16 @@ def heartbeat_settings() -> tuple[int, int]:
     if grace <= interval:
         raise UserError(f"EDGENAS_HEARTBEAT_GRACE ({grace} s) must exceed EDGENAS_HEARTBEAT_INTERVAL ({interval} s)")
     return interval, grace
+
+
+def sqlite_busy_timeout() -> float:
+    """SQLite's busy timeout (s): EDGENAS_SQLITE_BUSY_TIMEOUT (tests make it short) or 60. A lock held longer than
+    this is an outage that `ResilientStorage` rides out like any other."""
+    raw = os.environ.get("EDGENAS_SQLITE_BUSY_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw and float(raw) > 0 else float(SQLITE_BUSY_TIMEOUT_S)
+    except ValueError:
+        raise UserError(f"EDGENAS_SQLITE_BUSY_TIMEOUT must be seconds, got {raw!r}") from None
 
 
 # ----- who runs a trial -------------------------------------------------------------------------------------------
@@ -450,7 +461,7 @@ def _tune_sqlite(storage: optuna.storages.RDBStorage) -> None:
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout() * 1000)}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -492,7 +503,7 @@ def open_storage(url: str, heartbeat: bool = True, timeout_s: float = DEFAULT_ST
     sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {}
     if sqlite:
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        engine_kwargs["connect_args"] = {"timeout": sqlite_busy_timeout()}
     else:
         engine_kwargs["pool_pre_ping"] = True
         if url.startswith("postgres"):

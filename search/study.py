@@ -26,7 +26,7 @@ from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
 from .confirm import CONFIRMS, enqueue_confirmation, rank_candidates
-from .objective import Objective, TrialFailed
+from .objective import LATENCY_MARGIN, Objective, TrialFailed, latency_fit_target
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
 from .storage import (DEFAULT_STORAGE_TIMEOUT_S, StudyLock, WorkerId, file_lock, mask,  # noqa: F401 (re-export)
@@ -294,6 +294,9 @@ def open_study(cfg: SearchConfig, joining: bool = False) -> optuna.Study:
     if len(study.directions) != len(directions):
         raise UserError(f"study {cfg.study_name!r} exists with {len(study.directions)} objective(s); "
                         f"--objectives gives {len(directions)}")
+    # before anything is written under --out: a study made with other settings is never joined
+    check_settings(study, cfg, StudyLock(study._storage, storage_url(cfg), cfg.study_name),
+                   None if shared else d / "config.json")
     d.mkdir(parents=True, exist_ok=True)
     return study
 
@@ -367,16 +370,15 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     small_spec, _ = check_feasible(space, shape, cfg.budget)
     if cfg.budget.latency_ms is not None and not joining:
         lat = latency(build(small_spec), repeats=20)
-        if lat > cfg.budget.latency_ms:
+        if lat > latency_fit_target(cfg.budget.latency_ms):  # networks are fitted to the budget less its margin
             raise UserError(f"impossible budget (--budget-latency-ms {cfg.budget.latency_ms:g}): the smallest network "
-                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1")
+                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1 (networks must fit "
+                            f"{100 * (1 - LATENCY_MARGIN):.0f} % of the budget)")
     teacher = load_teacher(cfg.distill_from, data, device) if cfg.distill_from else None
     me = WorkerId.current(worker_index)
     d = study_dir(cfg)
-    legacy = d / "config.json" if not cfg.storage else None
     study = open_study(cfg, joining=joining)
     lock = StudyLock(study._storage, storage_url(cfg), cfg.study_name)
-    check_settings(study, cfg, lock, legacy)
     if not joining and (not (d / "config.json").exists() or cfg.resume or cfg.storage):
         write_config(d / "config.json", cfg.to_dict())
     if cfg.warm_start and not joining:
