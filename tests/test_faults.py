@@ -122,6 +122,7 @@ def _running(storage, name: str) -> list:
         return []
 
 
+@pytest.mark.slow
 def test_sqlite_locked_beyond_the_busy_timeout_is_ridden_out(tmp_path: Path):
     """Another process holds SQLite's write lock for 5 s while the busy timeout is 1 s: the worker waits it out."""
     d = tmp_path / "l"
@@ -143,6 +144,7 @@ def test_sqlite_locked_beyond_the_busy_timeout_is_ridden_out(tmp_path: Path):
     check_intact(study_trials(sqlite_storage(d), "l"), d / "trials.csv")
 
 
+@pytest.mark.slow
 def test_storage_timeout_gives_up_with_one_line(tmp_path: Path):
     """A database that stays away longer than --storage-timeout: one line, exit 2; --resume then finishes."""
     d = tmp_path / "g"
@@ -216,7 +218,8 @@ def _wait_for_workers_training(d: Path, name: str, p, k: int = 1) -> list:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["sigterm", "sigkill"])
 def test_no_worker_outlives_its_parent(tmp_path: Path, sig: int):
     """SIGTERM (to the parent only, as `timeout` and systemd send it) or SIGKILL to an --n-workers parent: every
     worker process stops within seconds and records its trial as interrupted; --resume finishes the study."""
