@@ -139,6 +139,7 @@ def verdict(url: str, name: str, n: int, csv: Path | None) -> dict[str, Any]:
             same = False
     return {"lost": max(0, n - len(c)), "duplicated": dup,
             "running": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in ts), "csv_equal": same,
+            "running_only": sum(t.state == TrialState.RUNNING for t in ts),
             "failed": sum(t.state == TrialState.FAIL for t in ts)}
 
 
@@ -238,7 +239,7 @@ def stop_signal(tmp: Path, n: int, sig: int, workers: int) -> dict[str, Any]:
     return {"fault": f"{signal.Signals(sig).name} to {'the --n-workers parent' if workers > 1 else 'a single worker'}",
             "workers": f"{workers} (--n-workers)" if workers > 1 else "1", "exit": [code, rc], **v,
             "resumed": rc == 0, "recover_s": stopped, "orphans": orphans,
-            "note": f"RUNNING after the stop: {before['running']}"}
+            "note": f"RUNNING after the stop: {before['running_only']}"}
 
 
 def full_disk(tmp: Path, n: int, when: str) -> dict[str, Any]:
@@ -271,7 +272,7 @@ def full_disk(tmp: Path, n: int, when: str) -> dict[str, Any]:
         return {"fault": f"full disk ({'while a trial trains' if when == 'trial' else 'while the winners retrain'})",
                 "workers": "1", "exit": [code, rc], **v, "resumed": rc == 0, "recover_s": took, "orphans": 0,
                 "note": (f"one-line ENOSPC error; partial files: {len(partial)}; RUNNING after the stop: "
-                         f"{before['running']}") if ok_line else f"unexpected stderr: {line[:80]}"}
+                         f"{before['running_only']}") if ok_line else f"unexpected stderr: {line[:80]}"}
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
