@@ -144,7 +144,9 @@ def save_model_dir(directory: str | os.PathLike, model: torch.nn.Module, metrics
 
 
 def load_model_dir(directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the model of a model directory: returns (model in eval mode, spec, metrics dict)."""
+    """Rebuild the model of a model directory: returns (model in eval mode, spec, metrics dict).
+
+    ``metrics["preprocessing"]`` (see `load_preprocessing`) says how to prepare raw images for it."""
     from .builder import build
 
     d = Path(directory)
@@ -165,3 +167,26 @@ def load_model_dir(directory: str | os.PathLike, map_location: str | torch.devic
         except json.JSONDecodeError as e:
             raise UserError(f"{d / 'metrics.json'} is not valid JSON: {e.msg}") from None
     return model.eval(), spec, metrics
+
+
+def load_preprocessing(directory: str | os.PathLike):
+    """The input contract (`archs.preprocess.Preprocessing`) recorded in a model directory's metrics.json.
+
+    Kept apart from `load_model_dir`, which returns (model, spec, metrics) as before; the same record is
+    ``metrics["preprocessing"]`` there. A folder written before the record existed is a UserError naming it.
+    """
+    from .preprocess import PREPROCESSING_KEY, Preprocessing
+
+    d = Path(directory)
+    f = d / "metrics.json"
+    if not f.is_file():
+        raise UserError(f"{f} not found: the folder does not say how to prepare its input")
+    try:
+        metrics = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{f} is not valid JSON: {e}") from None
+    rec = metrics.get(PREPROCESSING_KEY) if isinstance(metrics, dict) else None
+    if not isinstance(rec, dict):
+        raise UserError(f"{f} has no '{PREPROCESSING_KEY}' record (written by an older edgenas): retrain or "
+                        "re-run the compression to get one")
+    return Preprocessing.from_dict(rec)

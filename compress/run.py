@@ -3,7 +3,7 @@
     python -m compress.run results/<study>/best --prune 0.5 --prune-method channels --quantize int8
     python -m compress.run results/lenet300 --prune 0.92 --prune-method global --iterative 4 --max-drop 1 \
         --share-bits 5 --huffman
-    python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill
+    python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill --kd-alpha 0.9
 
 Stages run in the order given. Output: OUT/NN_<stage>/ (model + metrics.json) and OUT/stages.csv, one row per
 stage, original first; OUT defaults to MODEL_DIR/../compress. A later run into the same OUT goes to OUT/run-2/
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from archs.cli import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, Parser, add_distill_weights
 from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 from training.data import load_data
@@ -26,12 +27,6 @@ from .prune import METHODS
 from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
 
 __all__ = ["build_parser", "main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 class _StageAction(argparse.Action):
@@ -65,7 +60,7 @@ def _mflops(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m compress.run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = Parser(prog="python -m compress.run",
                 description="Compress a trained model stage by stage (stages run in the order given) and measure "
                             "every stage: test accuracy, fvcore MFLOPs (million multiply-adds), parameters, non-zero "
                             "parameters, bytes on disk, compression ratio, CPU latency at batch 1 and 64.")
@@ -93,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", action=_StageAction, kind="quantize", metavar="MODE",
                    help=f"post-training quantization for CPU: {', '.join(QUANT_MODES)} (dynamic quantizes Linear "
                         "layers only); the model passed on to later stages stays float")
+    g.add_argument("--export", action=_StageAction, kind="export", metavar="FORMAT",
+                   help="deployment: 'tflite' writes a full-integer int8 model_int8.tflite (NHWC int8 input) and "
+                        "model_data.cc/.h for firmware, then runs the test set in TensorFlow Lite Micro and records "
+                        "its int8 accuracy, arena and flash bytes beside archs.memory's estimates (needs .[mcu])")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune-method", choices=METHODS, default="magnitude",
                    help="magnitude (per layer), global (one ranking), threshold (Deep Compression q x std), "
@@ -107,20 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-epochs", type=int, default=5, help="epochs of fine-tuning after each prune step, "
                                                                   "low-rank factorization and weight sharing")
     g.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW, cosine)")
-    g.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size (images)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="fine-tuning batch size (images)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="fine-tuning weight decay")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=None, metavar="TEACHER",
                    help="teacher model directory, or zoo:NAME (trained first, cached in OUT/teacher_NAME); used by "
                         "every fine-tuning step and by --distill")
-    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T")
-    g.add_argument("--alpha", type=float, default=0.9, help="weight of the soft-target loss (0..1)")
+    add_distill_weights(g, old_alpha=True)
     g.add_argument("--distill-epochs", type=int, default=10, help="epochs of the --distill stage")
     g.add_argument("--distill-from-scratch", action="store_true",
                    help="re-initialize the student's weights before the --distill stage")
     g.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of a zoo:NAME teacher")
     g = p.add_argument_group("quantization")
     g.add_argument("--calib-images", type=int, default=256, help="training images used to calibrate int8")
+    g.add_argument("--tflm-arena-kb", type=float, default=None, metavar="KB",
+                   help="--export tflite: tensor arena to run TFLM in, kB (1 kB = 1,024 bytes; default: the arena "
+                        "archs.memory computes for the model)")
     g = p.add_argument_group("data and output")
     g.add_argument("--dataset", default=None, help="data set (default: the one in MODEL_DIR/metrics.json, else digits)")
     g.add_argument("--data-dir", default=None, help="where torchvision data sets live")
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data split, fine-tuning and calibration (default: the model's training seed "
                         "from metrics.json or ../config.json, else 0, so the test split stays unseen)")
-    g.add_argument("--device", default="auto", help="training device: auto, cpu, cuda or cuda:N (measuring is on CPU)")
+    g.add_argument("--device", default=DEFAULT_DEVICE,
+                   help="training device: auto (a GPU when there is one), cpu, cuda or cuda:N (measuring is on CPU)")
     g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress); if it holds an earlier "
                                               "run, this one goes to OUT/run-2 (run-3, ...) and nothing is deleted")
     g.add_argument("--no-latency", action="store_true", help="skip the latency measurements (columns are NaN)")
@@ -191,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("--teacher-epochs", args.teacher_epochs)):
         if v < 0:
             raise UserError(f"{flag} must be >= 0, got {v}")
-    if not 0 <= args.alpha <= 1:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 <= args.kd_alpha <= 1:
+        raise UserError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
     if not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.lr <= 0 or args.batch_size < 1:
@@ -201,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                          weight_decay=args.weight_decay, device=args.device, seed=seed,
                          prune_method=args.prune_method, channel_importance=args.channel_importance,
                          iterative=args.iterative, max_drop=args.max_drop, temperature=args.temperature,
-                         alpha=args.alpha, distill_epochs=args.distill_epochs,
+                         alpha=args.kd_alpha, distill_epochs=args.distill_epochs,
                          distill_from_scratch=args.distill_from_scratch, calib_images=args.calib_images,
-                         quiet=args.quiet, measure_latency=not args.no_latency)
+                         quiet=args.quiet, measure_latency=not args.no_latency,
+                         tflm_arena_bytes=None if args.tflm_arena_kb is None else int(args.tflm_arena_kb * 1024))
     stages: list[Stage] = args.stages
     if any(s.kind == "distill" for s in stages) and not args.distill_from:
         raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")

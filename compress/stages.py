@@ -28,8 +28,11 @@ import torch
 from torch import nn
 
 from archs import count, latency
+from archs.cli import progress
 from archs.errors import UserError
+from archs.export import onnx_io
 from archs.io import atomic_write_json, atomic_write_text
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, evaluate, fit
 
@@ -42,10 +45,15 @@ __all__ = ["STAGE_KINDS", "COLUMNS", "Stage", "CompressConfig", "describe_struct
            "structure_changed", "save_stage_model", "load_stage", "load_model", "accuracy", "measure",
            "run_stages", "format_table", "finetune", "StageOutput"]
 
-STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize")
+STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize", "export")
 QUANT_MODES = ("int8", "fp16", "dynamic")
+EXPORT_FORMATS = ("tflite",)
 COLUMNS = ["stage", "kind", "test_acc", "val_acc", "mflops", "params", "nonzero_params", "size_bytes",
            "compression_ratio", "latency_b1_ms", "latency_b64_ms", "seconds", "artifact", "dir"]
+#: columns only the --export tflite stage fills (bytes; NaN elsewhere): TFLM's arena (total = head + tail), the
+#: .tflite file, the analytic `archs.memory` figures beside them, and the test-accuracy change fp32 -> int8
+MCU_COLUMNS = ["int8_acc_change", "arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes",
+               "arena_bytes_est", "arena_head_bytes_est", "flash_bytes_est"]
 _STAGE_DIR = re.compile(r"^\d{2}_[A-Za-z0-9_.+-]+$")
 
 
@@ -75,6 +83,8 @@ class Stage:
             return f"share_{int(v)}bit"
         if self.kind == "quantize":
             return f"quantize_{v}"
+        if self.kind == "export":
+            return f"export_{v}"
         return self.kind
 
 
@@ -100,6 +110,7 @@ class CompressConfig:
     calib_images: int = 256
     quiet: bool = True
     measure_latency: bool = True
+    tflm_arena_bytes: int | None = None    # --export tflite: arena to run TFLM in (None: archs.memory's figure)
 
     def train_config(self, epochs: int, augment: str = "none") -> TrainConfig:
         return TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
@@ -127,6 +138,12 @@ def validate_stages(stages: list[Stage], cfg: CompressConfig, has_teacher: bool 
         elif st.kind == "quantize":
             if st.value not in QUANT_MODES:
                 raise UserError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {st.value!r}")
+        elif st.kind == "export":
+            if st.value not in EXPORT_FORMATS:
+                raise UserError(f"--export must be one of {', '.join(EXPORT_FORMATS)}, got {st.value!r}")
+            from .tflite import require_mcu
+
+            require_mcu()
         elif st.kind == "distill" and not has_teacher:
             raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
     if cfg.iterative < 1:
@@ -203,6 +220,7 @@ class StageOutput:
     passes_model: bool = True       # False: an artifact made from the model, which the next stage gets unchanged
     shared_info: Any = None         # weight-sharing codebooks, for a following huffman stage
     seconds: float | None = None    # wall time of the work, when the stage measures it itself
+    row: dict = field(default_factory=dict)  # extra table columns (MCU_COLUMNS) the stage measured
 
 
 def _stage_prune(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
@@ -315,10 +333,23 @@ def _stage_quantize(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Pa
     return StageOutput(model, details, "quantized", art, qm, float_model=model, passes_model=False, seconds=seconds)
 
 
+def _stage_export(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
+    from .tflite import export_stage
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(splits.train), generator=g)[:min(cfg.calib_images, len(splits.train))]
+    tm, row, details, art = export_stage(model, state.spec, splits.train.x.cpu()[idx], splits.test, d,
+                                         cfg.tflm_arena_bytes, structure_changed(model, state.spec))
+    details["calib_images"] = len(idx)
+    return StageOutput(model, details, "tflite", art, tm, float_model=model, passes_model=False,
+                       seconds=time.perf_counter() - t0, row=row)
+
+
 #: The one dispatch: every kind in STAGE_KINDS runs through its `_stage_<kind>` function.
 _STAGES: dict[str, Callable[..., StageOutput]] = {
     "prune": _stage_prune, "lowrank": _stage_lowrank, "distill": _stage_distill, "share": _stage_share,
-    "huffman": _stage_huffman, "quantize": _stage_quantize,
+    "huffman": _stage_huffman, "quantize": _stage_quantize, "export": _stage_export,
 }
 assert set(_STAGES) == set(STAGE_KINDS)
 
@@ -364,12 +395,13 @@ class _RunState:
     cfg: CompressConfig
     source: str
     say: Callable[[str], None]
+    preprocessing: dict = field(default_factory=dict)  # archs.preprocess record, the same for every stage
     rows: list[dict] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     shared_info: Any = None
 
     def record(self, label: str, kind: str, d: Path, artifact: Path, m, seconds: float, details: dict,
-               fmt: str, float_model=None) -> dict:
+               fmt: str, float_model=None, extra: dict | None = None) -> dict:
         """Measure `m`, append its row, write the stage's metrics.json and the whole stages.csv, print a line."""
         row = {"stage": label, "kind": kind}
         row.update(measure(m, self.splits.test, artifact.stat().st_size, float_model, self.shape, self.splits.val,
@@ -377,6 +409,10 @@ class _RunState:
         base = self.rows[0]["size_bytes"] if self.rows else row["size_bytes"]
         row["compression_ratio"] = base / row["size_bytes"] if row["size_bytes"] else float("nan")
         row["seconds"] = seconds
+        if extra:
+            row.update(extra)
+            if "fp32_test_acc" in details:
+                row["int8_acc_change"] = row["test_acc"] - details["fp32_test_acc"]
         try:
             row["artifact"] = str(artifact.resolve().relative_to(self.out.resolve()))
         except ValueError:
@@ -386,7 +422,9 @@ class _RunState:
         self.written.append(d.name)
         meta = {**row, "format": fmt, "artifact": os.path.relpath(artifact.resolve(), d.resolve()),
                 "source": self.source, "spec": self.spec.to_string(), "seed": self.cfg.seed,
-                "details": _json_safe(details)}
+                "details": _json_safe(details), PREPROCESSING_KEY: self.preprocessing}
+        if artifact.suffix == ".onnx":
+            meta["io"] = onnx_io(artifact)
         atomic_write_json(d / "metrics.json", meta)
         atomic_write_text(self.out / "stages.csv", self.table().to_csv(index=False))
         self.say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  "
@@ -395,7 +433,8 @@ class _RunState:
         return row
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=COLUMNS)
+        mcu = any(k in r for r in self.rows for k in MCU_COLUMNS)
+        return pd.DataFrame(self.rows, columns=COLUMNS + (MCU_COLUMNS if mcu else []))
 
 
 def _fresh_stage_dir(out: Path, i: int, label: str) -> Path:
@@ -429,7 +468,7 @@ def _run_stage(model: nn.Module, i: int, st: Stage, state: _RunState) -> nn.Modu
     if res.passes_model:
         state.shared_info = res.shared_info
     artifact = res.artifact if res.artifact is not None else d / "model.pt"
-    state.record(label, st.kind, d, artifact, measured, seconds, res.details, res.fmt, res.float_model)
+    state.record(label, st.kind, d, artifact, measured, seconds, res.details, res.fmt, res.float_model, res.row)
     return res.model
 
 
@@ -453,19 +492,18 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
     Model-changing stages (prune, lowrank, distill, share) pass their model on; quantize and huffman produce an
     artifact from the current model and leave it unchanged for the stages after them.
     """
-    from tqdm.auto import tqdm
-
     validate_stages(stages, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or model.spec
+    prep = Preprocessing.from_data(splits, spec).to_dict()  # before resizing: the data set's own side
     splits = splits.resized(spec.input_size)
-    state = _RunState(out, spec, spec.input_shape, splits, cfg, source, echo or (lambda s: None))
+    state = _RunState(out, spec, spec.input_shape, splits, cfg, source, echo or (lambda s: None), prep)
     torch.manual_seed(cfg.seed)
     model = model.cpu().eval()
     P.make_permanent(model)
     _record_original(model, state, original_metrics)
-    bar = tqdm(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
+    bar = progress(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
     for i, st in enumerate(bar, 1):
         bar.set_postfix_str(st.label(cfg))
         model = _run_stage(model, i, st, state)
@@ -482,5 +520,10 @@ def format_table(df: pd.DataFrame) -> str:
         rows.append([r.stage, f"{100 * r.test_acc:.2f}", f"{r.mflops:.4f}", f"{int(r.params):,}",
                      f"{int(r.nonzero_params):,}", f"{int(r.size_bytes):,}", f"{r.compression_ratio:.2f}x",
                      f"{r.latency_b1_ms:.3f}", f"{r.latency_b64_ms:.3f}", f"{r.seconds:.1f}"])
-    return tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
-                                   "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    table = tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
+                                    "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    if "arena_bytes" in df.columns and df["arena_bytes"].notna().any():
+        from .tflite import format_mcu_table
+
+        table += "\n\n" + format_mcu_table(df[df["arena_bytes"].notna()])
+    return table

@@ -21,6 +21,16 @@ from .workers import check_interrupt
 
 COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
 
+#: A hard latency budget on a noisy CPU: α is fitted to (1 - LATENCY_MARGIN) x --budget-latency-ms on one
+#: measurement per candidate, then the fitted network is measured again (the confirmation, the trial's recorded
+#: `latency_ms`); if that median exceeds the budget itself the trial is pruned as infeasible before any training.
+LATENCY_MARGIN = 0.1
+
+
+def latency_fit_target(budget_ms: float) -> float:
+    """The latency, in ms, that α is fitted to under a --budget-latency-ms of `budget_ms`."""
+    return budget_ms * (1 - LATENCY_MARGIN)
+
 
 class TrialFailed(Exception):
     """A trial that could not produce a result (diverged, out of memory); recorded as FAIL, the study goes on."""
@@ -78,7 +88,7 @@ class Objective:
             return False
         if self.budget.latency_ms is None:
             return True
-        return latency(build(spec), repeats=20, max_seconds=1.0) <= self.budget.latency_ms
+        return latency(build(spec), repeats=20, max_seconds=1.0) <= latency_fit_target(self.budget.latency_ms)
 
     def __call__(self, trial: optuna.Trial):
         spec, alpha_max, hp = sample_structure(trial, self.space, self.shape)
@@ -92,7 +102,14 @@ class Objective:
         cost = estimate(spec)
         set_seed(self.train_cfg.seed + trial.number)  # the initial weights depend on the trial only, not on history
         model = build(spec)
-        lat = latency(model, repeats=20, max_seconds=1.0)
+        lat = latency(model, repeats=20, max_seconds=1.0)  # with a latency budget: its confirmation measurement
+        if self.budget.latency_ms is not None and lat > self.budget.latency_ms:
+            trial.set_user_attr("fail_reason", f"infeasible: {lat:.3f} ms measured after fitting to "
+                                f"{latency_fit_target(self.budget.latency_ms):.3f} ms is over the "
+                                f"{self.budget.latency_ms:g} ms latency budget")
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr("latency_ms", lat)
+            raise optuna.TrialPruned("over the latency budget on the confirmation measurement")
         trial.set_user_attr("spec", spec.to_string())
         trial.set_user_attr("spec_json", spec.to_dict())
         trial.set_user_attr("blocks", "+".join(dict.fromkeys(spec.block_types())))

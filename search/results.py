@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 import torch
 
-from archs.export import export_onnx, onnx_max_diff
+from archs.export import export_onnx, onnx_io, onnx_max_diff
 from archs.io import atomic_write_json, atomic_write_text, replace_dir, save_model_dir
 
 from .confirm import candidate_of, rank_candidates
@@ -90,7 +90,7 @@ def save_winner(directory: str | Path, model: torch.nn.Module, metrics: dict[str
         if check_x is not None:
             diff = onnx_max_diff(model, onnx_path, check_x.cpu())
             metrics = {**metrics, "onnx_max_abs_diff": diff}
-        save_model_dir(stage, model, metrics)
+        save_model_dir(stage, model, {**metrics, "io": onnx_io(onnx_path)})
         replace_dir(stage, d)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

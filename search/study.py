@@ -18,13 +18,15 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from archs import Cost, build, count, latency
+from archs.cli import progress
 from archs.errors import UserError
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from archs.spec import NetSpec
 from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
 from .confirm import CONFIRMS, enqueue_confirmation, rank_candidates
-from .objective import Objective, TrialFailed
+from .objective import LATENCY_MARGIN, Objective, TrialFailed, latency_fit_target
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
 from .storage import (DEFAULT_STORAGE_TIMEOUT_S, StudyLock, WorkerId, file_lock, mask,  # noqa: F401 (re-export)
@@ -368,9 +370,10 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     small_spec, _ = check_feasible(space, shape, cfg.budget)
     if cfg.budget.latency_ms is not None and not joining:
         lat = latency(build(small_spec), repeats=20)
-        if lat > cfg.budget.latency_ms:
+        if lat > latency_fit_target(cfg.budget.latency_ms):  # networks are fitted to the budget less its margin
             raise UserError(f"impossible budget (--budget-latency-ms {cfg.budget.latency_ms:g}): the smallest network "
-                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1")
+                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1 (networks must fit "
+                            f"{100 * (1 - LATENCY_MARGIN):.0f} % of the budget)")
     teacher = load_teacher(cfg.distill_from, data, device) if cfg.distill_from else None
     me = WorkerId.current(worker_index)
     d = study_dir(cfg)
@@ -422,7 +425,10 @@ def finish_study(study: optuna.Study, cfg: SearchConfig, data: Splits, device: t
         where = f"{who.get('host', '?')}:{who.get('pid', '?')}"
         if status == "done":
             winners = list(study.user_attrs.get("winners", []))
-            note = f"winners were retrained by worker {where}; their files are on that machine"
+            if winners and all(Path(w.get("dir", "")).is_dir() for w in winners):
+                note = f"the study was already finished: its winners, retrained earlier by worker {where}, are in {d}"
+            else:
+                note = f"winners were retrained by worker {where}; their files are on that machine"
         else:
             winners = []
             note = f"winners are being retrained by worker {where}"
@@ -440,7 +446,7 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
     worker = worker or WorkerId.current()
     save_trials(study, d)  # the table exists (and matches the storage) from the start
     done = finished_count(study)
-    bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc=f"search {cfg.study_name}", unit="trial",
+    bar = progress(total=cfg.trials, initial=min(done, cfg.trials), desc=f"search {cfg.study_name}", unit="trial",
                disable=cfg.quiet, dynamic_ncols=True)
 
     def after_trial(st: optuna.Study, t: FrozenTrial) -> None:
@@ -475,7 +481,7 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
     child = asdict(replace(cfg, n_workers=1, quiet=True, resume=True))
     pool = LocalWorkers(_worker_process, (child, cfg.n_workers, os.getpid()), cfg.n_workers)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    bar = tqdm(total=cfg.trials, initial=min(finished_count(study), cfg.trials), unit="trial", dynamic_ncols=True,
+    bar = progress(total=cfg.trials, initial=min(finished_count(study), cfg.trials), unit="trial", dynamic_ncols=True,
                desc=f"search {cfg.study_name} ({cfg.n_workers} workers)", disable=cfg.quiet)
 
     def poll() -> None:
@@ -545,6 +551,11 @@ def _worker_process(cfg_dict: dict[str, Any], n_workers: int, parent_pid: int, i
 
 
 def _best_value(study: optuna.Study) -> float | None:
+    """The progress bar's "best val": the leading candidate's mean (as the winners are ranked), or for a Pareto
+    study the highest validation accuracy."""
+    if len(study.directions) == 1:
+        ranked = rank_candidates(study.get_trials(deepcopy=False))
+        return ranked[0].mean if ranked else None
     vals = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
     return max(vals) if vals else None
 
@@ -565,7 +576,7 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
         return []
     d = study_dir(cfg)
     out = []
-    bar = tqdm(winners, desc="retrain winners", unit="model", disable=cfg.quiet, dynamic_ncols=True)
+    bar = progress(winners, desc="retrain winners", unit="model", disable=cfg.quiet, dynamic_ncols=True)
     for rank, (t, val_acc, evals) in enumerate(bar, 1):
         check_interrupt()
         spec = NetSpec.from_dict(t.user_attrs["spec_json"])
@@ -592,7 +603,8 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
                    "val_acc": val_acc, "val_evals": evals, "test_acc": test_acc, "final_epochs": cfg.final_epochs,
                    "retrain_seconds": seconds, "budget_share": cfg.budget.share(Cost(counted.macs, counted.params), lat1),
                    "dataset": cfg.dataset, "distilled_from": cfg.distill_from,
-                   "saved_by": str(saved_by or WorkerId.current())}
+                   "saved_by": str(saved_by or WorkerId.current()),
+                   PREPROCESSING_KEY: Preprocessing.from_data(data, spec).to_dict()}
         sub = d / ("pareto" if cfg.multi else "top") / str(rank)
         target = d / "best" if (rank == 1 and not cfg.multi) else sub
         save_winner(target, model, metrics, check_x=test.x[:8].cpu())
