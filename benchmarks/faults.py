@@ -102,7 +102,8 @@ def wait_training(url_ready: Callable[[], str | None], name: str, runs: list[Run
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(r.p.poll() is not None for r in runs):
-            raise RuntimeError("a worker ended before the fault: " + " | ".join(ln for r in runs for _, ln in r.lines[-3:]))
+            last = " | ".join(ln for r in runs for _, ln in r.lines[-3:])
+            raise RuntimeError(f"a worker ended before the fault: {last}")
         url = url_ready()
         if url and [t for t in trials_of(url, name) if t.state == TrialState.RUNNING and "spec" in t.user_attrs]:
             return
@@ -283,7 +284,8 @@ def changed_budget(tmp: Path, n: int) -> dict[str, Any]:
     first = Run(tiny(n, "--study-name", name, "--out", str(tmp)))
     c1 = first.wait()
     before = (d / "config.json").read_bytes()
-    r = Run([a if a != "0.02" else "0.005" for a in tiny(n + 4, "--study-name", name, "--out", str(tmp))] + ["--resume"])
+    tighter = [a if a != "0.02" else "0.005" for a in tiny(n + 4, "--study-name", name, "--out", str(tmp))]
+    r = Run([*tighter, "--resume"])
     c2 = r.wait()
     line = r.lines[-1][1] if r.lines else ""
     v = verdict(sqlite_url(d), name, n, d / "trials.csv")

@@ -24,7 +24,8 @@ from archs.units import parse_quantity
 from training.data import load_data
 
 from .prune import METHODS
-from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
+from .stages import (_STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages,
+                     validate_stages)
 
 __all__ = ["build_parser", "main"]
 

@@ -15,7 +15,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -399,7 +398,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path):
 
 def test_shared_storage_second_command_with_other_settings_is_refused(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    r = cli(*TINY, "--trials", "2", "--epochs", "1", "--storage", url, "--study-name", "s", "--out", str(tmp_path / "a"))
+    r = cli(*TINY, "--trials", "2", "--epochs", "1", "--storage", url, "--study-name", "s",
+            "--out", str(tmp_path / "a"))
     _, err = r.communicate(timeout=300)
     assert r.returncode == 0, err[-3000:]
     r = cli(*TINY, "--trials", "3", "--epochs", "1", "--dataset", "digits", "--space", "conv,dws",
