@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import sqlite3
 import subprocess
@@ -45,6 +44,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 
 HEARTBEAT = {"EDGENAS_HEARTBEAT_INTERVAL": "2", "EDGENAS_HEARTBEAT_GRACE": "15"}  # grace < the outage
 
@@ -348,13 +349,16 @@ def compress_rerun(tmp: Path) -> dict[str, Any]:
                     f"{(out / 'run-2' / 'stages.csv').is_file()}"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=6, help="trials per study (default 6)")
     ap.add_argument("--outage-s", type=float, default=60.0, help="length of the PostgreSQL outage (default 60 s)")
     ap.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "faults.json"))
-    a = ap.parse_args()
+    add_common_args(ap, seeds=False)
+    a = ap.parse_args(argv)
+    if a.quick:  # a smoke run: SIGTERM and an unwritable --out on 2-trial studies
+        a.only, a.trials = a.only or "sigterm-1,out-file", 2
     n = a.trials
     scenarios: dict[str, Callable[[Path], dict[str, Any]]] = {
         "pg-outage": lambda t: pg_outage(t, n, a.outage_s, restart=False),
@@ -406,13 +410,13 @@ def main() -> None:
     print(tabulate(table, headers=["fault", "workers", "exit codes", "trials lost", "duplicated", "RUNNING left",
                                    "trials.csv = storage", "--resume completed", "recover s", "orphans", "note"],
                    tablefmt="github"))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": platform.python_version(),
-            "optuna": optuna.__version__, "trials": n, "outage_s": a.outage_s, "time": time.strftime("%Y-%m-%d %H:%M")}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    config = {"optuna": optuna.__version__, "trials": n, "outage_s": a.outage_s, "heartbeat": HEARTBEAT}
+    out = write_results(a.out, {"config": config, "rows": json.loads(json.dumps(rows, default=str))}, a)
     print(f"\nwrote {out}")
+    bad = [r for r in rows if r.get("error") or r.get("lost") or r.get("duplicated") or r.get("running")
+           or r.get("csv_equal") is False or r.get("resumed") is False or r.get("orphans")]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
