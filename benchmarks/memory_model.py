@@ -36,6 +36,23 @@ from archs.memory import memory  # noqa: E402
 from specgen import random_specs  # noqa: E402
 
 
+def trained_like(model):
+    """Random batch-norm statistics and affine parameters, as training leaves them: a fresh BN folds into an
+    all-zero bias, and the converter stores identical zero biases once, which no trained model has."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
 def measure_tflm(spec, work: Path) -> dict:
     """Export `spec` (random weights) to int8 TFLite and allocate it in TFLM: the cache record of one spec."""
     import torch
@@ -43,7 +60,7 @@ def measure_tflm(spec, work: Path) -> dict:
     from compress import tflite as T
 
     torch.manual_seed(0)
-    model = build(spec).eval()
+    model = trained_like(build(spec)).eval()
     path = work / "m.tflite"
     t0 = time.perf_counter()
     try:
@@ -59,6 +76,37 @@ def measure_tflm(spec, work: Path) -> dict:
     g = T.read_graph(path)
     return {"spec": spec.to_string(), "file_bytes": g.file_bytes, "alloc": rep, "export_s": t1 - t0,
             "tflm_s": t2 - t1, "ops": g.ops, "tensors": g.tensors, "inputs": g.inputs, "outputs": g.outputs}
+
+
+#: fixed per-item costs (TFLM struct sizes, flatbuffer data) and the features whose costs are fitted
+_FIXED = {"tail": {"tensors": 24, "ops": 64, "channel_arrays": 2}, "flash": {"const_bytes": 1, "quant_channels": 12}}
+_FREE = {"tail": ("one", "reduce", "op_types"), "flash": ("one", "tensors", "consts", "quant_tensors", "ops")}
+
+
+def fit(records: list[dict]) -> dict:
+    """Least-squares costs of the overhead (tail) and flash models on measured records, plus the margin that
+    makes every fitted figure at least the measured one: what archs/memory.py's TAIL_COST / FLASH_COST hold."""
+    import numpy as np
+
+    from archs.memory import OPS, _build, features
+    from archs.spec import NetSpec
+
+    rows = [(r, features(_build(NetSpec.from_string(r["spec"])))) for r in records]
+    out = {}
+    for which, target in (("tail", lambda r: r["alloc"]["tail"]), ("flash", lambda r: r["file_bytes"])):
+        names = list(OPS) + list(_FREE[which])
+        fixed = _FIXED[which]
+        x = np.array([[f[k] for k in names] for _, f in rows])
+        y = np.array([target(r) - sum(c * f[k] for k, c in fixed.items()) for r, f in rows], float)
+        used = x.any(0)
+        coef = np.zeros(len(names))
+        coef[used] = np.linalg.lstsq(x[:, used], y, rcond=None)[0]
+        coef = np.round(coef, 2)
+        res = x @ coef - y
+        cost = {**fixed, **{k: float(c) for k, c in zip(names, coef) if c}}
+        out[which] = {"cost": cost, "margin": float(math.ceil(max(0.0, -res.min()))), "n": len(rows),
+                      "over_max": float(res.max() - res.min())}
+    return out
 
 
 def _time(fn, spec, repeats: int) -> float:
@@ -78,7 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="JSON lines of TFLM measurements, reused and extended")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "memory_model.json"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--fit", nargs="+", metavar="CACHE", default=None,
+                    help="instead: fit the overhead and flash costs of archs.memory on these caches (other specs "
+                         "than the benchmark's) and print them")
     args = ap.parse_args(argv)
+    if args.fit:
+        recs = [json.loads(line) for f in args.fit for line in Path(f).read_text().splitlines() if line.strip()]
+        recs = [r for r in recs if "error" not in r and "total" in r.get("alloc", {})]
+        print(json.dumps(fit(list({r["spec"]: r for r in recs}.values())), indent=1))
+        return 0
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
