@@ -14,10 +14,10 @@ plots and in the report); MFLOPs are million multiply-adds (fvcore MACs).
 from .data import TRIAL_COLUMNS, StudySource, find_stages, load, load_stages, open_sources, open_study
 from .plots import (plot_accuracy_vs_mflops, plot_best_so_far, plot_budget_use, plot_by_block, plot_importance,
                     plot_stages, plot_tradeoff)
-from .tables import best_so_far, best_under, by_block, importance, pareto, study_summary
+from .tables import best_so_far, best_under, by_block, candidates, importance, pareto, study_summary
 
 __all__ = ["load", "load_stages", "open_study", "open_sources", "find_stages", "StudySource", "TRIAL_COLUMNS",
-           "pareto", "best_under", "by_block", "best_so_far", "importance", "study_summary",
+           "candidates", "pareto", "best_under", "by_block", "best_so_far", "importance", "study_summary",
            "plot_tradeoff", "plot_accuracy_vs_mflops", "plot_best_so_far", "plot_importance", "plot_by_block",
            "plot_budget_use", "plot_stages", "write_report"]
 

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from .tables import best_so_far, pareto
+from .tables import best_so_far, candidates, pareto
 
 __all__ = ["plot_tradeoff", "plot_accuracy_vs_mflops", "plot_best_so_far", "plot_importance", "plot_by_block",
            "plot_budget_use", "plot_stages", "STYLE"]
@@ -93,9 +93,10 @@ def _thousands(ax, axis: str = "x") -> None:
 def plot_tradeoff(df: pd.DataFrame, x: str = "mflops", y: str = "val_acc", front: bool = True,
                   budget: float | None = None, winners: bool = True, title: str | None = None,
                   logx: bool | None = None) -> Figure:
-    """Accuracy against a cost (`x`: mflops, params or latency_ms) for every completed trial, one colour and
-    marker per study, with each study's Pareto front as a step line, the retrained winners ringed, and the
-    budget as a dashed vertical line when given."""
+    """Accuracy against a cost (`x`: mflops, params or latency_ms) for every completed candidate (``val_acc``: its
+    mean over its runs, confirmation trials folded in: `analysis.candidates`), one colour and marker per study,
+    with each study's Pareto front as a step line, the retrained winners ringed, and the budget as a dashed
+    vertical line when given."""
     fig, ax = _figure(figsize=(STYLE["figsize"][0], STYLE["figsize"][1] + 0.8))
     xname = {"mflops": "MFLOPs", "params": "parameters", "latency_ms": "latency", "sram_kb": "peak SRAM",
              "flash_kb": "flash"}.get(x, x)
@@ -103,6 +104,7 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "mflops", y: str = "val_acc", front
     need = {x, y}
     if df.empty or not need <= set(df.columns):
         return _empty(fig, ax, title, "no trials")
+    df = candidates(df)
     data = df[pd.to_numeric(df[x], errors="coerce").notna() & pd.to_numeric(df[y], errors="coerce").notna()]
     if data.empty:
         return _empty(fig, ax, title, "no completed trials yet")
@@ -113,9 +115,9 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "mflops", y: str = "val_acc", front
             continue
         c, m = _COLORS[i % len(_COLORS)], _MARKERS[i % len(_MARKERS)]
         ax.scatter(d[x], d[y], s=42, color=c, marker=m, alpha=0.55, edgecolors="none",
-                   label=f"{_label(df, name)}: {len(d)} completed trials", zorder=3)
+                   label=f"{_label(df, name)}: {len(d)} completed candidates", zorder=3)
         if front:
-            f = pareto(d, maximize=y, minimize=x).sort_values(x)
+            f = pareto(d, maximize=y, minimize=x, by_candidate=False).sort_values(x)
             if len(f):
                 xs = np.r_[f[x].to_numpy(float), data[x].max() * (1.02 if not logx else 1.1)]
                 ys = np.r_[f[y].to_numpy(float), f[y].to_numpy(float)[-1]]
@@ -222,12 +224,14 @@ def plot_importance(imp: pd.DataFrame, top: int = 12, title: str | None = None) 
 
 
 def plot_by_block(df: pd.DataFrame, acc: str = "val_acc", exclude: Sequence[str] = ("maxpool",)) -> Figure:
-    """Accuracy distribution per block type (box plot with every trial as a dot); a trial mixing block types
-    appears under each of them."""
+    """Accuracy distribution per block type (box plot with every candidate as a dot, its mean over its runs for
+    ``val_acc``); a network mixing block types appears under each of them."""
     title = "Validation accuracy by block type"
     fig, ax = _figure()
     if df.empty or "blocks" not in df.columns:
         return _empty(fig, ax, title, "no trials")
+    if acc == "val_acc":
+        df = candidates(df)
     d = df[df["blocks"].map(lambda s: isinstance(s, str) and bool(s)) & pd.to_numeric(df[acc], errors="coerce").notna()]
     if d.empty:
         return _empty(fig, ax, title, "no completed trials yet")

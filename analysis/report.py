@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,13 +15,14 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from archs.cli import Parser
 from archs.errors import UserError, mask_secrets, run_cli
 from archs.io import atomic_write_text
 
 from .data import StudySource, find_stages, load, load_stages, open_sources, quiet_optuna
 from .plots import (plot_accuracy_vs_mflops, plot_best_so_far, plot_budget_use, plot_by_block, plot_importance,
                     plot_stages, plot_tradeoff)
-from .tables import best_under, by_block, importance, pareto, study_summary
+from .tables import best_under, by_block, candidates, importance, pareto, study_summary
 
 __all__ = ["write_report", "format_table", "main"]
 
@@ -48,7 +48,7 @@ def _fmt(col: str, v: Any) -> str:
     if isinstance(v, (int, float)):
         if col in ("params", "winner_params", "nonzero_params", "size_bytes", "trials", "complete", "pruned",
                    "infeasible", "failed", "completed", "number", "best_trial", "winner_rank", "resolution", "depth",
-                   "n_stages", "rank", "trial", "best_trial", "step"):
+                   "n_stages", "rank", "trial", "best_trial", "step", "runs"):
             return f"{int(v):,}"
         if "mflops" in col and "per" not in col:
             return f"{float(v):.4g}"
@@ -133,7 +133,8 @@ def _limits_table(df: pd.DataFrame, sources: list[StudySource]) -> pd.DataFrame:
         best = best_under(df, mflops=limit, per_study=True)
         for _, r in best.iterrows():
             rows.append({"mflops_limit": limit, **{c: r[c] for c in ("study", "number", "blocks", "mflops",
-                                                                               "params", "val_acc", "test_acc")}})
+                                                                               "params", "val_acc", "runs",
+                                                                               "test_acc")}})
     return pd.DataFrame(rows)
 
 
@@ -230,14 +231,15 @@ def _studies_section(r: _Report) -> list[str]:
 def _winners_section(r: _Report) -> list[str]:
     df = r.df
     order = {s.name: i for i, s in enumerate(r.sources)}
-    win = df[df["winner_rank"].notna()].copy()
+    cand = candidates(df)  # one row per candidate, val_acc = its mean over its runs (what the CLI prints)
+    win = cand[cand["winner_rank"].notna()].copy()
     win = win.assign(_o=win["study"].map(order)).sort_values(["_o", "winner_rank"], kind="stable").drop(columns="_o")
     win["winner_dir"] = win["winner_dir"].map(lambda p: _rel(p, r.out))
     r.tables["winners"] = win
     return ["## Winners", "", "Retrained on train+validation for the final epochs and tested once "
             "(`best/`, `top/<rank>/` or `pareto/<n>/` in the study folder).", "",
             _md(win, ["study", "winner_rank", "number", "blocks", "mflops", "params", "latency_ms", "val_acc",
-                      "test_acc", "winner_dir"], "_no winners yet (the search is still running or ran as a worker)_"),
+                      "runs", "test_acc", "winner_dir"], "_no winners yet (the search is still running or ran as a worker)_"),
             ""]
 
 
@@ -248,7 +250,8 @@ def _tradeoff_section(r: _Report) -> list[str]:
     r.tables["pareto"] = front
     md = ["## Accuracy vs MFLOPs", "", f"![accuracy vs MFLOPs]({img})", "",
           "Pareto front (no other trial of the study is at least as accurate with no more MFLOPs):", "",
-          _md(front, ["study", "number", "blocks", "mflops", "params", "latency_ms", "val_acc", "test_acc"]), ""]
+          _md(front, ["study", "number", "blocks", "mflops", "params", "latency_ms", "val_acc", "runs",
+                      "test_acc"]), ""]
     img = r.plot(plot_tradeoff(df, x="params", budget=_common_budget(sources, "params"),
                                title="Validation accuracy vs parameters (Pareto front per study)"),
                  "accuracy_vs_params.png")
@@ -272,13 +275,16 @@ def _tradeoff_section(r: _Report) -> list[str]:
 def _progress_section(r: _Report) -> list[str]:
     df, top = r.df, r.top
     img = r.plot(plot_best_so_far(df), "best_so_far.png")
-    done = df[df["val_acc"].notna()].sort_values(["val_acc", "mflops"], ascending=[False, True], kind="stable")
+    cand = candidates(df)  # ranked as the search ranks its winners
+    done = cand[cand["val_acc"].notna()]
     topt = done.groupby("study", sort=False).head(top) if len(r.sources) > 1 else done.head(top)
     r.tables["top"] = topt
     return ["## Search progress", "", f"![best so far]({img})", "",
-            f"### Top {top} trials{' per study' if len(r.sources) > 1 else ''}", "",
+            f"### Top {top} candidates{' per study' if len(r.sources) > 1 else ''}", "",
+            "Validation accuracy is each candidate's mean over its runs (the trial and the confirmation trials that "
+            "re-trained it with new seeds), the figure the search ranks by.", "",
             _md(topt, ["study", "number", "blocks", "depth", "resolution", "alpha", "mflops", "params", "latency_ms",
-                       "budget_share", "val_acc", "test_acc", "duration_s"]), ""]
+                       "budget_share", "val_acc", "runs", "test_acc", "duration_s"]), ""]
 
 
 def _blocks_section(r: _Report) -> list[str]:
@@ -375,19 +381,11 @@ def write_report(source: Any, out: str | Path | None = None, study_name: str | N
             "html": [p for p in r.written if p.suffix == ".html"], "tables": r.tables, "out": out}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors on one line and exits 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis.report", description=(
+    p = Parser(prog="python -m analysis.report", description=(
         "Write report.md, plots/*.png and interactive Optuna plots (html/, when plotly is installed) for one or "
         "several searches. Several studies (e.g. TPE and random) share each plot. MFLOPs means million "
-        "multiply-adds (MACs)."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "multiply-adds (MACs)."))
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="results/<study> folder (study.db and/or trials.csv), a study.db, or an Optuna storage URL")
     p.add_argument("--study-name", default=None, help="study name inside a storage URL that holds several studies")

@@ -12,7 +12,17 @@ import pandas as pd
 from archs.errors import UserError
 from archs.units import parse_quantity
 
-__all__ = ["pareto", "best_under", "by_block", "best_so_far", "importance", "study_summary"]
+__all__ = ["candidates", "pareto", "best_under", "by_block", "best_so_far", "importance", "study_summary"]
+
+
+def candidates(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per candidate, ranked the way the search ranks its winners (`search.confirm.candidate_table`):
+    ``val_acc`` is the candidate's mean validation accuracy over its ``runs`` (the figure the CLI prints),
+    ``run_val_acc`` its first run's own; confirmation trials are folded into the trial they repeat. Every table
+    and plot of `analysis` that ranks by validation accuracy goes through it."""
+    from search.confirm import candidate_table
+
+    return candidate_table(df)
 
 
 def _as_list(x: str | Sequence[str] | None) -> list[str]:
@@ -39,12 +49,13 @@ def _nondominated(y: np.ndarray) -> np.ndarray:
 
 
 def pareto(df: pd.DataFrame, maximize: str | Sequence[str] = "val_acc", minimize: str | Sequence[str] = ("mflops",),
-           per_study: bool = False) -> pd.DataFrame:
+           per_study: bool = False, by_candidate: bool = True) -> pd.DataFrame:
     """The non-dominated rows of `df` (highest `maximize`, lowest `minimize`), sorted by the first cost.
 
     Rows missing any objective (pruned, failed, infeasible trials) are ignored. Ties: a row equal to another in
     every objective is kept (neither dominates); a row equal in one objective and worse in another is dropped.
-    `per_study=True` computes one front per value of the ``study`` column.
+    `per_study=True` computes one front per value of the ``study`` column. `by_candidate` (default) first folds
+    the table to one row per candidate (`candidates`: ``val_acc`` = mean over its runs), as the search ranks.
     """
     maxi, mini = _as_list(maximize), _as_list(minimize)
     cols = maxi + mini
@@ -53,8 +64,10 @@ def pareto(df: pd.DataFrame, maximize: str | Sequence[str] = "val_acc", minimize
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise KeyError(f"no column(s) {', '.join(missing)} in the table")
+    if by_candidate:
+        df = candidates(df)
     if per_study and "study" in df.columns:
-        parts = [pareto(g, maxi, mini) for _, g in df.groupby("study", sort=False)]
+        parts = [pareto(g, maxi, mini, by_candidate=False) for _, g in df.groupby("study", sort=False)]
         return pd.concat(parts) if parts else df.iloc[0:0]
     vals = df[cols].apply(pd.to_numeric, errors="coerce")
     ok = np.isfinite(vals.to_numpy(dtype=float)).all(axis=1)
@@ -73,19 +86,22 @@ def pareto(df: pd.DataFrame, maximize: str | Sequence[str] = "val_acc", minimize
 
 def best_under(df: pd.DataFrame, mflops: float | str | None = None, params: float | str | None = None,
                latency_ms: float | str | None = None, by: str = "val_acc", n: int = 1,
-               per_study: bool = False, sram_kb: float | str | None = None,
+               per_study: bool = False, by_candidate: bool = True, sram_kb: float | str | None = None,
                flash_kb: float | str | None = None) -> pd.DataFrame:
     """The `n` best rows by `by` (highest first) whose costs are within every limit given (sram_kb: int8 TFLM
     tensor arena, flash_kb: .tflite file, kB = 1,024 bytes).
 
     Limits take plain numbers or suffixes (``params="5k"``). Ties go to fewer MFLOPs, then fewer params, then
     the earlier trial. Empty when nothing fits. `per_study=True` gives the best `n` of each study.
+    `by_candidate` (default): one row per candidate, ``val_acc`` its mean over ``runs`` (`candidates`).
     """
     limits = {k: parse_quantity(v, k) for k, v in (("mflops", mflops), ("params", params),
                                                    ("latency_ms", latency_ms), ("sram_kb", sram_kb),
                                                    ("flash_kb", flash_kb)) if v is not None}
     if by not in df.columns:
         raise KeyError(f"no column {by!r} in the table")
+    if by_candidate:
+        df = candidates(df)
     mask = pd.to_numeric(df[by], errors="coerce").notna()
     for k, v in limits.items():
         if k not in df.columns:
@@ -102,8 +118,9 @@ def best_under(df: pd.DataFrame, mflops: float | str | None = None, params: floa
 
 def by_block(df: pd.DataFrame, acc: str = "val_acc", per_study: bool = False,
              exclude: Sequence[str] = ("maxpool",)) -> pd.DataFrame:
-    """Per block type: trials that used it, how many finished with an accuracy, best and median accuracy,
-    median MFLOPs, median accuracy per MFLOP, and the best trial's number.
+    """Per block type: trials that used it, how many candidates finished with an accuracy, best and median
+    accuracy, median MFLOPs, median accuracy per MFLOP, and the best trial's number. For ``val_acc`` a
+    candidate's accuracy is its mean over its runs (`candidates`; confirmation trials count in ``trials`` only).
 
     A trial that mixes block types (``blocks`` like ``dws+ir``) counts once for each type it uses. `exclude`
     drops layer kinds that are not catalog blocks (max-pool downsampling stages are recorded in ``blocks`` too).
@@ -121,18 +138,23 @@ def by_block(df: pd.DataFrame, acc: str = "val_acc", per_study: bool = False,
     need = {"blocks", acc, "mflops"}
     if not need <= set(df.columns):
         raise KeyError(f"by_block needs the columns {', '.join(sorted(need))}")
-    built = df[df["blocks"].map(lambda s: isinstance(s, str) and bool(s))]
-    if built.empty:
+    def explode(t: pd.DataFrame) -> pd.DataFrame:
+        t = t[t["blocks"].map(lambda s: isinstance(s, str) and bool(s))]
+        t = t.assign(block=t["blocks"].str.split("+")).explode("block")
+        return t[~t["block"].isin(list(exclude))]
+
+    ex_all = explode(df)
+    if ex_all.empty:
         return pd.DataFrame(columns=cols)
-    ex = built.assign(block=built["blocks"].str.split("+")).explode("block")
-    ex = ex[~ex["block"].isin(list(exclude))]
+    n_trials = ex_all.groupby("block", sort=False).size()
+    ex = explode(candidates(df)) if acc == "val_acc" else ex_all
     ex = ex.assign(_acc=pd.to_numeric(ex[acc], errors="coerce"), _mf=pd.to_numeric(ex["mflops"], errors="coerce"))
     ex["_per"] = ex["_acc"] / ex["_mf"].where(ex["_mf"] > 0)
     rows = []
     for block, g in ex.groupby("block", sort=False):
         done = g[g["_acc"].notna()]
         best = done.loc[done["_acc"].idxmax()] if len(done) else None
-        rows.append({"block": block, "trials": len(g), "completed": len(done),
+        rows.append({"block": block, "trials": int(n_trials.get(block, len(g))), "completed": len(done),
                      f"best_{acc}": done["_acc"].max() if len(done) else math.nan,
                      f"median_{acc}": done["_acc"].median() if len(done) else math.nan,
                      "median_mflops": g["_mf"].median(),
@@ -144,18 +166,44 @@ def by_block(df: pd.DataFrame, acc: str = "val_acc", per_study: bool = False,
 
 
 def best_so_far(df: pd.DataFrame, acc: str = "val_acc") -> pd.DataFrame:
-    """Per study and trial number: the trial's accuracy and the best accuracy of all trials up to it."""
+    """Per study and trial number: the trial's own accuracy and the best accuracy after it. For ``val_acc`` the
+    best is the leading candidate's mean over the runs finished so far, as the search ranks (`candidates`);
+    a confirmation can lower it. Other columns: the running maximum."""
     cols = ["study", "number", acc, f"best_{acc}_so_far"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     d = df.assign(study=df["study"] if "study" in df.columns else "study")
     parts = []
     for _, g in d.groupby("study", sort=False):
-        g = g.sort_values("number")[["study", "number", acc]].copy()
+        g = g.sort_values("number").copy()
         g[acc] = pd.to_numeric(g[acc], errors="coerce")
-        g[f"best_{acc}_so_far"] = g[acc].cummax().ffill()
-        parts.append(g)
+        if acc == "val_acc" and "confirms" in g.columns:
+            g[f"best_{acc}_so_far"] = _candidate_best_so_far(g)
+        else:
+            g[f"best_{acc}_so_far"] = g[acc].cummax().ffill()
+        parts.append(g[cols])
     return pd.concat(parts, ignore_index=True)
+
+
+def _candidate_best_so_far(g: pd.DataFrame) -> list[float]:
+    """After each trial (in number order): the best mean validation accuracy of the candidates completed so far."""
+    sums: dict[int, list[float]] = {}
+    eligible: set[int] = set()
+    confirms = pd.to_numeric(g["confirms"], errors="coerce")
+    done = g["val_acc"].notna() & (g["state"].astype(str) == "COMPLETE" if "state" in g.columns else True)
+    out, best = [], math.nan
+    for num, conf, acc, ok in zip(g["number"], confirms, g["val_acc"], done):
+        if ok:
+            c = int(num) if math.isnan(conf) else int(conf)
+            if c == int(num):
+                eligible.add(c)
+            s = sums.setdefault(c, [0.0, 0])
+            s[0] += float(acc)
+            s[1] += 1
+            means = [sums[k][0] / sums[k][1] for k in eligible]
+            best = max(means) if means else best
+        out.append(best)
+    return out
 
 
 def study_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -164,8 +212,8 @@ def study_summary(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, g in df.groupby("study", sort=False):
         st = g["state"].astype(str)
-        done = g[pd.to_numeric(g["val_acc"], errors="coerce").notna()]
-        best = done.loc[done["val_acc"].idxmax()] if len(done) else None
+        ranked = candidates(g)
+        best = ranked.iloc[0] if len(ranked) and pd.notna(ranked["val_acc"].iloc[0]) else None
         win = g[g["winner_rank"] == 1]
         w = win.iloc[0] if len(win) else None
         rows.append({"study": name, "sampler": g["sampler"].iloc[0], "objectives": g["objectives"].iloc[0],

@@ -27,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .errors import SpecError
 from .plan import Block, resolve
 from .spec import NetSpec
 
-__all__ = ["Memory", "Layer", "memory", "greedy_arena", "BLOCK_GRAPH", "features", "OPS"]
+__all__ = ["Memory", "Layer", "memory", "supported", "greedy_arena", "BLOCK_GRAPH", "features", "OPS"]
 
 _ALIGN = 16
 
@@ -206,8 +207,10 @@ def _g_ir(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     if e["se"]:
         r = e["se_ch"]
         g.small_const(("axis",), 8)
-        m = g.op("MEAN" if ho * wo > 1 else "SUM", (t,), hid)
-        g.opts["SE"] = g.opts.get("SE", 0) + 1  # a reduce that keeps its 4-D shape: its own runtime cost
+        m = t
+        if ho * wo > 1:  # the converter drops the pooling of a 1x1 map
+            m = g.op("MEAN", (t,), hid)
+            g.opts["SE"] = g.opts.get("SE", 0) + 1  # a reduce that keeps its 4-D shape: its own runtime cost
         m = _conv(g, m, hid, r, 1, 1, 0, 1, 1, 1, "relu")[0]
         m = _conv(g, m, r, hid, 1, 1, 0, 1, 1, 1, None)[0]
         m = g.op("LOGISTIC", (m,), hid)
@@ -244,8 +247,11 @@ def _g_basic(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
         sc = _conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
     elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
-        if b.stride > 1 and b.h_in * b.w_in > 1:
-            g.small_const(("slice", b.stride), 48)
+        if b.stride > 1 and b.h_in > 1:  # x[:, :, ::s, ::s]: one slice per dimension that shrinks
+            g.small_const(("slice", b.stride, "h"), 48)
+            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * b.w_in)
+        if b.stride > 1 and b.w_in > 1:
+            g.small_const(("slice", b.stride, "w"), 48)
             sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * wo)
         if b.out_ch > b.in_ch:
             layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
@@ -267,7 +273,9 @@ def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     ph = max(p, (b.h_out - 1) * s + k - b.h_in - p)  # padding after: ceil mode may read past the end
     pw = max(p, (b.w_out - 1) * s + k - b.w_in - p)
     if ph > 0 or pw > 0:
-        if not (p == ph == pw and _same_pad(b.h_in, k, s) == (p, p) and _same_pad(b.w_in, k, s) == (p, p)):
+        # SAME pooling (TF pads with -inf, before = total // 2) covers it when it gives the same window
+        same = all(o == -(-n // s) and _same_pad(n, k, s)[0] == p for n, o in ((b.h_in, b.h_out), (b.w_in, b.w_out)))
+        if not same:
             g.small_const(("pad", p, ph, p, pw), 32)
             g.small_const(("padv",), 1)
             x = g.op("PADV2", (x,), (b.h_in + p + ph) * (b.w_in + p + pw) * c)
@@ -319,8 +327,17 @@ def _head(g: _Graph, spec: NetSpec, plan, x: int) -> int:
     return t
 
 
+def supported(kind: str) -> bool:
+    """True when the memory model knows the converted graph of block kind `kind`."""
+    return kind in BLOCK_GRAPH
+
+
 def _build(spec: NetSpec) -> _Graph:
     plan = resolve(spec)
+    for b in plan.blocks:
+        if b.kind not in BLOCK_GRAPH:
+            raise SpecError(f"archs.memory has no TFLM graph for block kind {b.kind!r} yet; it models "
+                            f"{', '.join(BLOCK_GRAPH)}")
     g = _Graph(spec.act)
     x = g.tensor(spec.in_chans * spec.input_size * spec.input_size)
     for i, b in enumerate(plan.blocks):

@@ -491,3 +491,4 @@ def _shorten_names(model) -> None:
             n.output[k] = short(n.output[k])
     del g.value_info[:]
     model.doc_string = ""
+

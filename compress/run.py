@@ -3,10 +3,11 @@
     python -m compress.run results/<study>/best --prune 0.5 --prune-method channels --quantize int8
     python -m compress.run results/lenet300 --prune 0.92 --prune-method global --iterative 4 --max-drop 1 \
         --share-bits 5 --huffman
-    python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill
+    python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill --kd-alpha 0.9
 
 Stages run in the order given. Output: OUT/NN_<stage>/ (model + metrics.json) and OUT/stages.csv, one row per
-stage, original first; OUT defaults to MODEL_DIR/../compress.
+stage, original first; OUT defaults to MODEL_DIR/../compress. A later run into the same OUT goes to OUT/run-2/
+(run-3, ...): results are never deleted or overwritten.
 """
 from __future__ import annotations
 
@@ -17,20 +18,15 @@ from pathlib import Path
 
 import torch
 
+from archs.cli import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, Parser, add_distill_weights
 from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 from training.data import load_data
 
 from .prune import METHODS
-from .stages import QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
+from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
 
 __all__ = ["build_parser", "main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 class _StageAction(argparse.Action):
@@ -64,7 +60,7 @@ def _mflops(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m compress.run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = Parser(prog="python -m compress.run",
                 description="Compress a trained model stage by stage (stages run in the order given) and measure "
                             "every stage: test accuracy, fvcore MFLOPs (million multiply-adds), parameters, non-zero "
                             "parameters, bytes on disk, compression ratio, CPU latency at batch 1 and 64.")
@@ -110,14 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-epochs", type=int, default=5, help="epochs of fine-tuning after each prune step, "
                                                                   "low-rank factorization and weight sharing")
     g.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW, cosine)")
-    g.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size (images)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="fine-tuning batch size (images)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="fine-tuning weight decay")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=None, metavar="TEACHER",
                    help="teacher model directory, or zoo:NAME (trained first, cached in OUT/teacher_NAME); used by "
                         "every fine-tuning step and by --distill")
-    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T")
-    g.add_argument("--alpha", type=float, default=0.9, help="weight of the soft-target loss (0..1)")
+    add_distill_weights(g, old_alpha=True)
     g.add_argument("--distill-epochs", type=int, default=10, help="epochs of the --distill stage")
     g.add_argument("--distill-from-scratch", action="store_true",
                    help="re-initialize the student's weights before the --distill stage")
@@ -134,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the data split, fine-tuning and calibration (default: the model's training seed "
                         "from metrics.json or ../config.json, else 0, so the test split stays unseen)")
-    g.add_argument("--device", default="auto", help="training device: auto, cpu, cuda or cuda:N (measuring is on CPU)")
-    g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress)")
+    g.add_argument("--device", default=DEFAULT_DEVICE,
+                   help="training device: auto (a GPU when there is one), cpu, cuda or cuda:N (measuring is on CPU)")
+    g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress); if it holds an earlier "
+                                              "run, this one goes to OUT/run-2 (run-3, ...) and nothing is deleted")
     g.add_argument("--no-latency", action="store_true", help="skip the latency measurements (columns are NaN)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
     return p
@@ -159,6 +156,25 @@ def _origin(model_dir: Path, metrics: dict) -> dict:
     return found
 
 
+def holds_run(d: Path) -> bool:
+    """`d` holds a compression run's results (stages.csv or NN_<stage> folders)."""
+    return d.is_dir() and any(p.name == "stages.csv" or (p.is_dir() and _STAGE_DIR.match(p.name)) for p in d.iterdir())
+
+
+def run_folder(out: Path) -> Path:
+    """Where this run writes its stages: OUT itself, or OUT/run-2, run-3, ... when OUT (and every earlier
+    numbered run) already holds one, so that a re-run never deletes or overwrites results. A teacher cached in
+    OUT/teacher_NAME stays shared by every run of OUT."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not holds_run(out):
+        return out
+    k = 2
+    while (out / f"run-{k}").exists():
+        k += 1
+    return out / f"run-{k}"
+
+
 def _write(line: str) -> None:
     from tqdm.auto import tqdm
 
@@ -177,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("--teacher-epochs", args.teacher_epochs)):
         if v < 0:
             raise UserError(f"{flag} must be >= 0, got {v}")
-    if not 0 <= args.alpha <= 1:
-        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 <= args.kd_alpha <= 1:
+        raise UserError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
     if not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.lr <= 0 or args.batch_size < 1:
@@ -187,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                          weight_decay=args.weight_decay, device=args.device, seed=seed,
                          prune_method=args.prune_method, channel_importance=args.channel_importance,
                          iterative=args.iterative, max_drop=args.max_drop, temperature=args.temperature,
-                         alpha=args.alpha, distill_epochs=args.distill_epochs,
+                         alpha=args.kd_alpha, distill_epochs=args.distill_epochs,
                          distill_from_scratch=args.distill_from_scratch, calib_images=args.calib_images,
                          quiet=args.quiet, measure_latency=not args.no_latency,
                          tflm_arena_bytes=None if args.tflm_arena_kb is None else int(args.tflm_arena_kb * 1024))
@@ -201,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         out = md / "compress"
     if out.resolve() == md or out.resolve() in md.parents:
         raise UserError(f"--out {out} contains MODEL_DIR {model_dir}; its stage folders would be overwritten")
+    run_out = run_folder(out)
     torch.manual_seed(seed)
     splits = load_data(dataset, data_dir, args.download, seed=seed)
     if splits.num_classes != spec.num_classes or splits.in_chans != spec.in_chans:
@@ -216,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         if tinfo.get("test_acc") is not None:
             say(f"teacher {args.distill_from}: test {100 * tinfo['test_acc']:.2f}%"
                 f"{' (reused)' if tinfo.get('reused') else ''}")
-    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {out}")
-    df = run_stages(model, stages, splits, cfg, out, spec=spec, source=str(model_dir), original_metrics=metrics,
+    if run_out != out:
+        say(f"{out} holds an earlier run (kept): this run goes to {run_out}")
+    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {run_out}")
+    df = run_stages(model, stages, splits, cfg, run_out, spec=spec, source=str(model_dir), original_metrics=metrics,
                     echo=say)
     print(format_table(df))
-    print(f"stages table: {out / 'stages.csv'}")
+    print(f"stages table: {run_out / 'stages.csv'}")
     return 0
 
 

@@ -28,8 +28,11 @@ import torch
 from torch import nn
 
 from archs import count, latency
+from archs.cli import progress
 from archs.errors import UserError
+from archs.export import onnx_io
 from archs.io import atomic_write_json, atomic_write_text
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, evaluate, fit
 
@@ -392,6 +395,7 @@ class _RunState:
     cfg: CompressConfig
     source: str
     say: Callable[[str], None]
+    preprocessing: dict = field(default_factory=dict)  # archs.preprocess record, the same for every stage
     rows: list[dict] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     shared_info: Any = None
@@ -418,7 +422,9 @@ class _RunState:
         self.written.append(d.name)
         meta = {**row, "format": fmt, "artifact": os.path.relpath(artifact.resolve(), d.resolve()),
                 "source": self.source, "spec": self.spec.to_string(), "seed": self.cfg.seed,
-                "details": _json_safe(details)}
+                "details": _json_safe(details), PREPROCESSING_KEY: self.preprocessing}
+        if artifact.suffix == ".onnx":
+            meta["io"] = onnx_io(artifact)
         atomic_write_json(d / "metrics.json", meta)
         atomic_write_text(self.out / "stages.csv", self.table().to_csv(index=False))
         self.say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  "
@@ -486,19 +492,18 @@ def run_stages(model: nn.Module, stages: list[Stage], splits: Splits, cfg: Compr
     Model-changing stages (prune, lowrank, distill, share) pass their model on; quantize and huffman produce an
     artifact from the current model and leave it unchanged for the stages after them.
     """
-    from tqdm.auto import tqdm
-
     validate_stages(stages, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = spec or model.spec
+    prep = Preprocessing.from_data(splits, spec).to_dict()  # before resizing: the data set's own side
     splits = splits.resized(spec.input_size)
-    state = _RunState(out, spec, spec.input_shape, splits, cfg, source, echo or (lambda s: None))
+    state = _RunState(out, spec, spec.input_shape, splits, cfg, source, echo or (lambda s: None), prep)
     torch.manual_seed(cfg.seed)
     model = model.cpu().eval()
     P.make_permanent(model)
     _record_original(model, state, original_metrics)
-    bar = tqdm(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
+    bar = progress(stages, desc="stages", unit="stage", disable=cfg.quiet, dynamic_ncols=True)
     for i, st in enumerate(bar, 1):
         bar.set_postfix_str(st.label(cfg))
         model = _run_stage(model, i, st, state)

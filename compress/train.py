@@ -11,13 +11,14 @@ split is the one this model never saw).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from archs import NetSpec, build, count, latency, zoo
+from archs.cli import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, Parser
 from archs.errors import UserError, run_cli
 from archs.io import read_spec, save_model_dir
+from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from training.data import Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, set_seed
 
@@ -94,20 +95,15 @@ def train_model(source: str, splits: Splits | None = None, dataset: str = "digit
                "epochs": epochs, "resolution": spec.input_size, "lr": cfg.lr, "batch_size": batch_size,
                "weight_decay": cfg.weight_decay, "augment": cfg.augment, "test_acc": test_acc,
                "val_acc": res.val_acc, "best_val_acc": res.best_val_acc, "mflops": c.macs / 1e6, "macs": c.macs,
-               "params": c.params, "latency_ms": latency(model, batch_size=1), "train_seconds": seconds}
+               "params": c.params, "latency_ms": latency(model, batch_size=1), "train_seconds": seconds,
+               PREPROCESSING_KEY: Preprocessing.from_data(splits, spec).to_dict()}
     if out is not None:
         save_model_dir(out, model, metrics)
     return model, metrics
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m compress.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = Parser(prog="python -m compress.train",
                 description="Train a zoo network or a NetSpec into a model directory (spec.json, model.pt, "
                             "metrics.json) for python -m compress.run or as a distillation teacher. "
                             "MFLOPs means million multiply-adds (fvcore's count).")
@@ -117,16 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where torchvision data sets live")
     p.add_argument("--download", action="store_true", help="download torchvision data sets if missing")
     p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (AdamW, cosine; default 3e-3)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (images)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default 1e-4)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (AdamW, cosine)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size (images)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     p.add_argument("--resolution", type=int, default=None,
-                   help="input side length in pixels for zoo networks (default: the data set's, 8 for digits)")
+                   help="input side length in pixels for zoo networks (default: the data set's, 8 for digits); "
+                        "a larger one trains on the data set's images upscaled to it")
     p.add_argument("--zoo-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra zoo argument, e.g. alpha=0.5 for mobilenet_v1 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", default=None, help="output model directory (default results/<network name>)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--out", default=None, help="output model directory (default: results/<network name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONFIRMS = "confirms"  # user attribute: the number of the trial whose candidate this trial re-evaluates
 LEADERS = 3            # how many leading candidates share the confirmation trials
@@ -91,3 +94,36 @@ def enqueue_confirmation(study: optuna.Study, trials: Sequence[FrozenTrial], cou
     if leader is not None:
         study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
     return leader
+
+
+def candidate_table(df: "pd.DataFrame") -> "pd.DataFrame":
+    """A trials table folded to one row per candidate and ranked as `rank_candidates` ranks them: `val_acc` becomes
+    the candidate's mean validation accuracy over its completed runs (the figure the CLI prints), `runs` their
+    number and `run_val_acc` the candidate trial's own single run; confirmation rows are left out. Best mean first
+    (then fewer MFLOPs, then the earlier trial); rows without an accuracy follow in trial order.
+
+    Works on `search.results.trials_frame` and on `analysis.load` tables (several studies: ranked within the
+    table as a whole; group by ``study`` first for per-study ranks). A table without confirmation columns
+    (an older study, a Pareto search) keeps every row with ``runs`` 1."""
+    import pandas as pd
+
+    out = df.copy()
+    acc = pd.to_numeric(out["val_acc"], errors="coerce") if "val_acc" in out else pd.Series(float("nan"), out.index)
+    out["run_val_acc"] = acc
+    if "confirms" in out.columns:
+        out = out[pd.to_numeric(out["confirms"], errors="coerce").isna()]
+        acc = acc.loc[out.index]
+    mean = pd.to_numeric(out["candidate_val_acc"], errors="coerce") if "candidate_val_acc" in out else None
+    runs = pd.to_numeric(out["candidate_evals"], errors="coerce") if "candidate_evals" in out else None
+    done = acc.notna()
+    if "state" in out.columns:  # the search ranks completed candidates only
+        done &= out["state"].astype(str) == "COMPLETE"
+    if mean is not None and mean.notna().any():
+        val = mean.where(mean.notna(), acc)
+        n = runs.where(mean.notna(), 1.0) if runs is not None else pd.Series(1.0, out.index)
+    else:
+        val, n = acc, pd.Series(1.0, out.index)
+    out["val_acc"] = val.where(done)
+    out["runs"] = n.where(done)
+    keys = ["val_acc"] + [c for c in ("mflops", "number") if c in out.columns]
+    return out.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1), na_position="last", kind="stable")

@@ -10,17 +10,28 @@ import torch
 from optuna.trial import TrialState
 
 from archs import build, estimate, latency
-from archs.memory import memory
+from archs.memory import memory, supported
 from archs.spec import POOL_BLOCKS, NetSpec
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
 from .confirm import CONFIRMS
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
 
 COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms", "sram": "sram_kb",
                    "flash": "flash_kb"}
+
+#: A hard latency budget on a noisy CPU: α is fitted to (1 - LATENCY_MARGIN) x --budget-latency-ms on one
+#: measurement per candidate, then the fitted network is measured again (the confirmation, the trial's recorded
+#: `latency_ms`); if that median exceeds the budget itself the trial is pruned as infeasible before any training.
+LATENCY_MARGIN = 0.1
+
+
+def latency_fit_target(budget_ms: float) -> float:
+    """The latency, in ms, that α is fitted to under a --budget-latency-ms of `budget_ms`."""
+    return budget_ms * (1 - LATENCY_MARGIN)
 
 
 class TrialFailed(Exception):
@@ -79,7 +90,7 @@ class Objective:
             return False
         if self.budget.latency_ms is None:
             return True
-        return latency(build(spec), repeats=20, max_seconds=1.0) <= self.budget.latency_ms
+        return latency(build(spec), repeats=20, max_seconds=1.0) <= latency_fit_target(self.budget.latency_ms)
 
     def __call__(self, trial: optuna.Trial):
         spec, alpha_max, hp = sample_structure(trial, self.space, self.shape)
@@ -93,7 +104,14 @@ class Objective:
         cost = estimate(spec)
         set_seed(self.train_cfg.seed + trial.number)  # the initial weights depend on the trial only, not on history
         model = build(spec)
-        lat = latency(model, repeats=20, max_seconds=1.0)
+        lat = latency(model, repeats=20, max_seconds=1.0)  # with a latency budget: its confirmation measurement
+        if self.budget.latency_ms is not None and lat > self.budget.latency_ms:
+            trial.set_user_attr("fail_reason", f"infeasible: {lat:.3f} ms measured after fitting to "
+                                f"{latency_fit_target(self.budget.latency_ms):.3f} ms is over the "
+                                f"{self.budget.latency_ms:g} ms latency budget")
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr("latency_ms", lat)
+            raise optuna.TrialPruned("over the latency budget on the confirmation measurement")
         trial.set_user_attr("spec", spec.to_string())
         trial.set_user_attr("spec_json", spec.to_dict())
         trial.set_user_attr("blocks", "+".join(dict.fromkeys(spec.block_types())))
@@ -104,31 +122,37 @@ class Objective:
         trial.set_user_attr("mflops", cost.macs / 1e6)
         trial.set_user_attr("params_count", cost.params)
         trial.set_user_attr("latency_ms", lat)
-        mem = memory(spec)  # int8 TFLM memory, kB = 1,024 bytes
-        trial.set_user_attr("sram_kb", mem.arena_bytes / 1024)
-        trial.set_user_attr("arena_kb", mem.activation_bytes / 1024)
-        trial.set_user_attr("flash_kb", mem.flash_bytes / 1024)
+        # int8 TFLM memory, kB = 1,024 bytes (None for block kinds archs.memory does not model yet)
+        mem = memory(spec) if all(supported(k) for k in spec.block_types()) else None
+        nan = float("nan")
+        trial.set_user_attr("sram_kb", mem.arena_bytes / 1024 if mem else None)
+        trial.set_user_attr("arena_kb", mem.activation_bytes / 1024 if mem else None)
+        trial.set_user_attr("flash_kb", mem.flash_bytes / 1024 if mem else None)
         trial.set_user_attr("budget_share", self.budget.share(cost, lat, mem))
         trial.set_user_attr("hparams", hp)
         cfg = replace(self.train_cfg, seed=self.train_cfg.seed + trial.number, **hp)
         train, val = self.split(spec.input_size)
         curve: list[float] = []
         own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat,
-                    "sram_kb": mem.arena_bytes / 1024, "flash_kb": mem.flash_bytes / 1024}
+                    "sram_kb": mem.arena_bytes / 1024 if mem else nan, "flash_kb": mem.flash_bytes / 1024 if mem else nan}
         confirming = CONFIRMS in trial.user_attrs  # a re-evaluation runs to the end: its mean must be fair
 
         def on_epoch(epoch: int, acc: float) -> None:
             check_interrupt()  # a Ctrl-C whose KeyboardInterrupt Python dropped stops the trial here
             curve.append(acc)
-            trial.set_user_attr("curve", curve)
-            if self.stopper is None:
-                trial.report(acc, epoch)
-                if not confirming and trial.should_prune():
-                    trial.set_user_attr("epochs_run", epoch)
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-            elif self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key]):
+            trial.set_user_attr("curve", list(curve))
+            try:
+                with fail_fast():  # during a database outage: keep training, skip this epoch's pruning check
+                    if self.stopper is None:
+                        trial.report(acc, epoch)
+                        stop = not confirming and trial.should_prune()
+                    else:
+                        stop = self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key])
+            except StorageUnavailable:
+                stop = False
+            if stop:
                 trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"dominated at epoch {epoch}")
+                raise optuna.TrialPruned(f"{'pruned' if self.stopper is None else 'dominated'} at epoch {epoch}")
 
         model.to(self.device)
         try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from archs.cli import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, Parser, add_distill_weights
 from archs.errors import UserError, run_cli
 from archs.units import parse_quantity
 from training.data import AUGMENTS
 
-from .space import SEARCHABLE_BLOCKS, SearchSpace
+from .confirm import candidate_table
+from .space import DEFAULT_BLOCKS, SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
 from .workers import sigint_once
 
@@ -32,20 +34,11 @@ def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors on one line and exits 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.run", description=(
+    p = Parser(prog="python -m search.run", description=(
         "Search compact CNNs built from the edgenas catalog (Fire, depthwise-separable, inverted residual, low-rank, "
         "plain conv) under hard budgets with Optuna, then retrain the winners and save them under OUT/STUDY/. "
-        "MFLOPs means million multiply-adds (MACs) exactly as fvcore's FlopCountAnalysis counts them."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "MFLOPs means million multiply-adds (MACs) exactly as fvcore's FlopCountAnalysis counts them."))
     g = p.add_argument_group("budgets (at least one; hard: no over-budget network is ever trained)")
     g.add_argument("--budget-mflops", type=_quantity, help="max million multiply-adds (fvcore count)")
     g.add_argument("--budget-params", type=_quantity,
@@ -60,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, no download), mnist, fashion-mnist, cifar10, svhn, or folder:PATH")
-    g.add_argument("--data-dir", default=None, help="where torchvision data sets live (default $EDGENAS_DATA_DIR or ./data)")
+    g.add_argument("--data-dir", default=None, help="where torchvision data sets live (default: $EDGENAS_DATA_DIR or ./data)")
     g.add_argument("--download", action="store_true", help="download torchvision data sets if missing")
     g.add_argument("--augment", choices=["auto", *AUGMENTS], default="auto",
                    help="training augmentation: auto (what suits the data set: none for digits, random shifts for "
@@ -68,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=None, help="resize folder:PATH images to this side length (px)")
     g = p.add_argument_group("study")
     g.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (whole study)")
-    g.add_argument("--timeout", type=_quantity, default=None, help="stop starting trials after this many seconds")
+    g.add_argument("--timeout", type=_quantity, default=None,
+                   help="stop starting trials after this many seconds (default: no limit)")
     g.add_argument("--epochs", type=int, default=15, help="training epochs per trial")
     g.add_argument("--final-epochs", type=int, default=30, help="epochs to retrain each winner on train+validation")
-    g.add_argument("--batch-size", type=int, default=32, help="training batch size (images)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="training batch size (images)")
     g.add_argument("--lr", type=_quantity, default=None, help="fixed learning rate (default: searched)")
     g.add_argument("--weight-decay", type=float, default=None, help="fixed weight decay (default: searched)")
     g.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing,
@@ -85,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--objectives", type=_list, default=["accuracy"],
                    help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency | "
                         "accuracy,sram (TFLM tensor arena) | accuracy,flash (.tflite bytes)")
-    g.add_argument("--space", type=_list, default=list(SEARCHABLE_BLOCKS),
-                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)}")
+    g.add_argument("--space", type=_list, default=list(DEFAULT_BLOCKS),
+                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)} "
+                        f"(default: {','.join(DEFAULT_BLOCKS)})")
     g.add_argument("--max-stages", type=int, default=4, help="most stages a network may have")
     g.add_argument("--rho", type=_floats, default=list(SearchSpace().rho),
                    help="resolution multipliers the search may choose (input side = round(native px * rho))")
@@ -94,28 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--storage", default=None,
                    help="Optuna storage shared by workers: postgresql://user@host/db (password from PGPASSWORD or "
                         "~/.pgpass rather than the URL, which other users can see in the process list; it is "
-                        "masked in every message and file), sqlite:///PATH, or a journal file PATH; default: "
-                        "OUT/STUDY/study.db (optuna-dashboard opens it)")
+                        "masked in every message and file), sqlite:///PATH, or a journal file PATH (default: "
+                        "OUT/STUDY/study.db, which optuna-dashboard opens)")
+    g.add_argument("--storage-timeout", type=_quantity, default=SearchConfig.storage_timeout,
+                   help="seconds the study's database may stay unreachable (a server restart or failover, SQLite "
+                        "locked beyond its busy timeout) before a worker gives up; meanwhile storage calls are "
+                        "retried with exponential backoff and the running trial keeps training")
     g.add_argument("--study-name", default=None, help="study name and folder under --out (default: dataset-budget-time)")
     g.add_argument("--n-workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (each gets its own GPU with "
                         "--device cuda and several GPUs); start the same command on other machines with a "
                         "shared --storage to add more workers")
     g.add_argument("--no-warm-start", dest="warm_start", action="store_false",
-                   help="do not start a new study from the classic designs (LeNet-, MobileNet-, MobileNetV2- and "
-                        "SqueezeNet-like networks fitted to the budget); sample every trial")
+                   help="warm start is on unless this flag is given: a new study's first trials are classic designs "
+                        "(LeNet-, MobileNet-, MobileNetV2- and SqueezeNet-like networks fitted to the budget); with "
+                        "this flag every trial is sampled")
     g.add_argument("--threads", type=int, default=1,
                    help="CPU threads per worker process for training and latency; the catalog's tiny networks "
                         "train fastest on one (use --n-workers for more cores, more threads for large networks)")
     g.add_argument("--resume", action="store_true", help="continue an existing study up to --trials finished trials")
     g.add_argument("--seed", type=int, default=0, help="seed for the sampler, data split and training")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", default=DEFAULT_DEVICE, help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     g.add_argument("--out", default="results", help="output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=None, help="teacher model directory (spec.json + model.pt)")
-    g.add_argument("--temperature", type=_quantity, default=4.0, help="distillation temperature T")
-    g.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the soft-target loss (0..1)")
+    add_distill_weights(g)
     return p
 
 
@@ -133,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm)
+        confirm=args.confirm, storage_timeout=args.storage_timeout)
 
 
 def summary_table(result: dict) -> str:
@@ -142,17 +141,11 @@ def summary_table(result: dict) -> str:
 
     df = result["trials"]
     lines = []
-    done = df[df["state"] == "COMPLETE"]
-    if len(done) and done["candidate_val_acc"].notna().any():
-        # one row per candidate: the mean over the trial and its confirmations (search.confirm)
-        done = done[done["confirms"].isna()]
-        done = done.assign(val=done["candidate_val_acc"], runs=done["candidate_evals"])
-    else:
-        done = done.assign(val=done["val_acc"], runs=1)
-    done = done.sort_values("val", ascending=False).head(5)
+    done = candidate_table(df) if len(df) else df  # one row per candidate, ranked as the winners are
+    done = done[done["val_acc"].notna()].head(5) if len(done) else done
     if len(done):
         rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}", f"{r.latency_ms:.2f}",
-                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val:.2f}", int(r.runs)] for r in done.itertuples()]
+                 f"{100 * r.budget_share:.0f}%", f"{100 * r.val_acc:.2f}", int(r.runs)] for r in done.itertuples()]
         lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", "latency ms", "budget used",
                                              "val acc %", "runs"], tablefmt="github"))
     states = df["state"].value_counts().to_dict() if len(df) else {}
@@ -179,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sigint_once()  # the first Ctrl-C stops the search; more presses cannot cut short the recording of its trial
-    run_cli(main, prog="python -m search.run")
+    run_cli(main, prog="python -m search.run", resume_hint=", rerun with --resume to continue")

@@ -88,6 +88,32 @@ def test_resume_adds_trials_to_same_study(study_dir: Path):
     assert len(trained) == 5 and df["number"].is_unique
 
 
+def test_resume_of_a_finished_study_points_at_its_winner_files(study_dir: Path, capsys):
+    out = study_dir.parent
+    args = ["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "5", "--study-name", "s1", "--out",
+            str(out), "--resume", *FAST]
+    main(args)  # the study holds its 5 trials and its winners: nothing left to do
+    text = capsys.readouterr().out
+    assert "on that machine" not in text
+    assert "already finished" in text and str(study_dir) in text
+    assert (study_dir / "best/model.pt").is_file()
+
+
+def test_winner_folder_records_its_input_contract(study_dir: Path):
+    from archs.io import load_preprocessing
+
+    metrics = json.loads((study_dir / "best/metrics.json").read_text())
+    prep = load_preprocessing(study_dir / "best")
+    spec = NetSpec.from_json((study_dir / "best/spec.json").read_text())
+    data = load_data("digits", seed=0)
+    assert (prep.in_chans, prep.input_size, prep.rho, prep.data_resolution) == (1, spec.input_size, spec.rho, 8)
+    assert prep.value_max == 16 and prep.classes == [str(i) for i in range(10)]
+    assert prep.mean == pytest.approx(data.mean) and prep.std == pytest.approx(data.std)
+    assert metrics["io"]["input"] == {"name": "input", "dtype": "float32"}
+    for sub in ("best", "top/2"):  # every winner folder has it
+        assert "preprocessing" in json.loads((study_dir / sub / "metrics.json").read_text())
+
+
 def test_existing_study_without_resume_is_refused(study_dir: Path):
     with pytest.raises(UserError, match="already exists"):
         main(["--budget-mflops", "0.05", "--trials", "1", "--study-name", "s1", "--out", str(study_dir.parent), *FAST])

@@ -125,6 +125,7 @@ class Splits:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     classes: list[str] = field(default_factory=list)
+    value_max: float = 255.0  # the stored pixel range is [0, value_max] before normalisation (digits: 16)
 
     def trainval(self) -> TensorData:
         """Train and val together, for the final retraining of winners (normalization stays the train split's)."""
@@ -149,11 +150,13 @@ class DatasetInfo:
     num_classes: int | None
     augment: str
     description: str
+    value_max: float = 255.0  # largest raw pixel value: 8-bit images 255, scikit-learn digits 16
 
 
 DATASETS: dict[str, DatasetInfo] = {
     # digits fill their 8×8 box: a one-pixel shift cuts an eighth of the strokes (see "none" vs "crop" in README)
-    "digits": DatasetInfo(8, 1, 10, "none", "scikit-learn handwritten digits, 1,797 real 8×8 grey images, embedded"),
+    "digits": DatasetInfo(8, 1, 10, "none", "scikit-learn handwritten digits, 1,797 real 8×8 grey images, embedded",
+                           16.0),
     "mnist": DatasetInfo(28, 1, 10, "crop", "MNIST handwritten digits (torchvision)"),
     "fashion-mnist": DatasetInfo(28, 1, 10, "crop_flip", "Fashion-MNIST clothing (torchvision)"),
     "cifar10": DatasetInfo(32, 3, 10, "crop_flip", "CIFAR-10 colour photos (torchvision)"),
@@ -236,7 +239,7 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 def _finish(name: str, raw: dict[str, tuple[torch.Tensor, torch.Tensor]], *, num_classes: int, classes: list[str],
-            augment: str, image_size: int | None) -> Splits:
+            augment: str, image_size: int | None, value_max: float = 255.0) -> Splits:
     """Resize, normalize with train statistics (in place), wrap into Splits."""
     xs = {k: _resize(v[0], image_size) for k, v in raw.items()}
     xtr = xs["train"]
@@ -252,7 +255,8 @@ def _finish(name: str, raw: dict[str, tuple[torch.Tensor, torch.Tensor]], *, num
         parts[k] = TensorData(x, raw[k][1].to(torch.int64).contiguous())
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], num_classes=int(num_classes),
                   in_chans=int(xtr.shape[1]), resolution=int(xtr.shape[-1]), name=name, augment=augment,
-                  mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), classes=list(classes))
+                  mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), classes=list(classes),
+                  value_max=float(value_max))
 
 
 def _take(x: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,4 +458,4 @@ def load_data(name: str = "digits", data_dir: str | os.PathLike | None = None, d
     else:
         parts, num_classes, classes = _load_torchvision(name, data_dir, download, **kw)
     return _finish(name, parts, num_classes=num_classes, classes=classes, augment=info.augment,
-                   image_size=image_size)
+                   image_size=image_size, value_max=info.value_max)

@@ -373,9 +373,9 @@ def _start_run(model: nn.Module, train: TensorData, val: TensorData | None, cfg:
 
 
 def _progress_bar(epochs: int, desc: str):
-    from tqdm.auto import tqdm
+    from archs.cli import progress
 
-    return tqdm(total=epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
+    return progress(total=epochs, desc=desc, unit="epoch", dynamic_ncols=True, leave=True)
 
 
 def _train_epoch(run: _Run, epoch: int) -> float:
