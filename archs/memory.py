@@ -24,6 +24,8 @@ Bytes everywhere; `Memory.table()` prints kB (1 kB = 1,024 bytes).
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,9 +58,17 @@ class Memory:
     activation_bytes: int
     overhead_bytes: int
     flash_bytes: int
-    layers: list[Layer] = field(default_factory=list)
     peak: int = 0
     live_bound: int = 0  # the largest sum of live (16-byte rounded) tensors: a lower bound of the arena
+    _ops: list = field(default_factory=list, repr=False, compare=False)   # (op, inputs, output, block)
+    _sizes: list = field(default_factory=list, repr=False, compare=False)  # tensor bytes
+    _live: list = field(default_factory=list, repr=False, compare=False)   # live bytes at each op (1-based)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The per-operator table (built on demand: the search only needs the totals)."""
+        size, live = self._sizes, self._live
+        return [Layer(name, block, size[out], live[i]) for i, (name, _, out, block) in enumerate(self._ops, 1)]
 
     @property
     def arena_bytes(self) -> int:
@@ -106,7 +116,7 @@ class _Graph:
         self.const_bytes = 0    # their data bytes (each rounded up to 16)
         self.channels = 0       # per-channel quantized output channels (conv, depthwise, fully connected)
         self.small: set = set()  # distinct small constant arrays (the converter stores each value once)
-        self.opts: dict[str, int] = {}  # op name -> count
+        self.opts: dict[str, int] = {}  # features that are not op counts (SE, FC4D, FUSED, SAME) -> count
         self.act = act
         self.pc = 0              # per-channel int32 arrays of convolutions, each rounded up to 16 bytes
         self.pc_fc = 0           # the same for fully-connected layers
@@ -118,7 +128,6 @@ class _Graph:
     def op(self, name: str, inputs: tuple[int, ...], out_bytes: int) -> int:
         t = self.tensor(out_bytes)
         self.ops.append((name, inputs, t, self.block))
-        self.opts[name] = self.opts.get(name, 0) + 1
         return t
 
     def const(self, nbytes: int) -> None:
@@ -144,7 +153,10 @@ class _Graph:
 
     def activation(self, x: int, nbytes: int, act: str | None) -> int:
         """The activation after an op: fused for ReLU / ReLU6 (nothing to add), its own op(s) otherwise."""
-        if act is None or act in ("relu", "relu6"):
+        if act is None:
+            return x
+        if act in ("relu", "relu6"):
+            self.opts["FUSED"] = self.opts.get("FUSED", 0) + 1  # a non-default option field in the flatbuffer
             return x
         if act == "hardswish":
             return self.op("HARD_SWISH", (x,), nbytes)
@@ -176,7 +188,10 @@ def _conv(g: _Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int
     """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out)."""
     kw, sw, pw = (k, s, p) if kw is None else (kw, sw, pw)
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * pw - kw) // sw + 1
-    x = _pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
+    padded = _pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
+    if padded == x and (p or pw):
+        g.opts["SAME"] = g.opts.get("SAME", 0) + 1  # SAME padding: the option field keeps its default
+    x = padded
     out = cout * ho * wo
     if groups == cin and (groups > 1 or cin == 1) and cout % cin == 0:
         t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias)
@@ -275,7 +290,9 @@ def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
     if ph > 0 or pw > 0:
         # SAME pooling (TF pads with -inf, before = total // 2) covers it when it gives the same window
         same = all(o == -(-n // s) and _same_pad(n, k, s)[0] == p for n, o in ((b.h_in, b.h_out), (b.w_in, b.w_out)))
-        if not same:
+        if same:
+            g.opts["SAME"] = g.opts.get("SAME", 0) + 1
+        else:
             g.small_const(("pad", p, ph, p, pw), 32)
             g.small_const(("padv",), 1)
             x = g.op("PADV2", (x,), (b.h_in + p + ph) * (b.w_in + p + pw) * c)
@@ -358,26 +375,22 @@ def greedy_arena(buffers: list[tuple[int, int, int]]) -> int:
     if not n:
         return 0
     order = sorted(range(n - 1, -1, -1), key=lambda i: -buffers[i][0])
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last) sorted by offset
+    offs: list[int] = []  # offsets of the placed buffers, ascending (ties: in placement order)
+    placed: list[tuple[int, int, int]] = []  # (end, first, last), in the order of `offs`
     top = 0
     for i in order:
         size, first, last = buffers[i]
         cand = 0
-        pos = len(placed)
-        for j, (off, end, f, l) in enumerate(placed):
+        for off, (end, f, l) in zip(offs, placed):
             if f > last or first > l:
                 continue
             if off - cand >= size:
                 break
             if end > cand:
                 cand = end
-        # keep `placed` sorted by offset (a new entry goes after entries at the same offset)
-        pos = len(placed)
-        for j in range(len(placed)):
-            if placed[j][0] > cand:
-                pos = j
-                break
-        placed.insert(pos, (cand, cand + size, first, last))
+        pos = bisect_right(offs, cand)
+        offs.insert(pos, cand)
+        placed.insert(pos, (cand + size, first, last))
         if cand + size > top:
             top = cand + size
     return top
@@ -400,15 +413,20 @@ def memory(spec: NetSpec) -> Memory:
     """Int8 TFLM memory of `spec`'s exported model: activation arena, runtime overhead, tensor arena, flash."""
     g = _build(spec)
     bufs = _lifetimes(g)
-    act = greedy_arena(bufs)
     n_ops = len(g.ops)
-    live = [0] * (n_ops + 1)
+    delta = [0] * (n_ops + 2)
     for size, f, l in bufs:
-        for s in range(f, l + 1):
-            live[s] += size
-    layers = [Layer(name, block, g.size[out], live[i]) for i, (name, _, out, block) in enumerate(g.ops, 1)]
-    peak = max(range(n_ops), key=lambda i: layers[i].live_bytes)
-    return Memory(act, _overhead(g), _flash(g), layers, peak, max(live))
+        delta[f] += size
+        delta[l + 1] -= size
+    live, run = [0] * (n_ops + 1), 0
+    for i in range(n_ops + 1):
+        run += delta[i]
+        live[i] = run
+    bound = max(live)
+    peak = live.index(bound, 1) - 1 if n_ops else 0
+    f = features(g)
+    return Memory(greedy_arena(bufs), _linear(f, TAIL_COST, TAIL_MARGIN), _linear(f, FLASH_COST, FLASH_MARGIN),
+                  peak, bound, g.ops, g.size, live)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -416,20 +434,22 @@ def memory(spec: NetSpec) -> Memory:
 # ----------------------------------------------------------------------------------------------------------------
 #: operators whose count is a feature of the overhead and flash models
 OPS = ("ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
-       "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "STRIDED_SLICE", "SUM", "TRANSPOSE", "SE", "FC4D")
+       "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "STRIDED_SLICE", "SUM", "TRANSPOSE", "SE", "FC4D", "FUSED", "SAME")
 
 
 def features(g: _Graph) -> dict[str, float]:
     """The counts the overhead (tail) and flash models are linear in."""
     n_act = len(g.size)
-    f = {op: float(g.opts.get(op, 0)) for op in OPS}
+    counts = Counter(o[0] for o in g.ops)
+    counts.update(g.opts)
+    f = {op: float(counts.get(op, 0)) for op in OPS}
     f.update({"one": 1.0, "tensors": float(n_act + g.n_const), "ops": float(len(g.ops)),
-              "reduce": float(bool(g.opts.get("MEAN") or g.opts.get("SUM"))),
-              "op_types": float(len([k for k in g.opts if k not in ("SE", "FC4D")])),
+              "reduce": float(bool(counts.get("MEAN") or counts.get("SUM"))),
+              "op_types": float(len(counts) - len(g.opts)),
               "channel_arrays": float(g.pc + g.pc_fc),         # per-channel int32 arrays (bytes, 16-rounded)
               "const_bytes": float(g.const_bytes),              # weights, biases, small arrays (16-rounded)
-              "quant_channels": float(2 * g.channels + n_act + g.opts.get("PADV2", 0)),  # scale + zero point each
-              "quant_tensors": float(n_act + g.n_const - len(g.small) + g.opts.get("PADV2", 0)),
+              "quant_channels": float(2 * g.channels + n_act + counts.get("PADV2", 0)),  # scale + zero point each
+              "quant_tensors": float(n_act + g.n_const - len(g.small) + counts.get("PADV2", 0)),
               "consts": float(g.n_const)})
     return f
 
@@ -438,21 +458,28 @@ def features(g: _Graph) -> dict[str, float]:
 #: 64 per NodeAndRegistration, two int32 arrays per output channel; per-op kernel data and the constant fitted
 #: by least squares on tflite-micro's recording allocator (benchmarks/memory_model.py --fit); the margin is the
 #: largest under-estimate of that fit, so the figure is never below TFLM's.
-TAIL_COST: dict[str, float] = {"tensors": 24, "ops": 64, "channel_arrays": 2}
-TAIL_MARGIN = 0
+TAIL_COST: dict[str, float] = {
+    "tensors": 24, "ops": 64, "channel_arrays": 2, "ADD": 71.19, "AVERAGE_POOL_2D": 70.69, "CONCATENATION": 86.2,
+    "CONV_2D": 107.43, "DEPTHWISE_CONV_2D": 107.27, "FULLY_CONNECTED": 109.43, "HARD_SWISH": 32.79,
+    "LOGISTIC": 34.56, "MAX_POOL_2D": 72.96, "MEAN": 69.12, "MUL": 34.56, "PAD": 61.3, "PADV2": 61.08,
+    "RESHAPE": 30.76, "STRIDED_SLICE": 145.86, "SUM": 73.49, "TRANSPOSE": -3.06, "SE": 8.94, "FC4D": 164.59,
+    "FUSED": 1.29, "SAME": -0.07, "one": 725.94, "reduce": -7.96, "op_types": 0.47,
+}
+TAIL_MARGIN = 9
 #: bytes of the .tflite file = sum(cost * feature) + margin: constant data 1:1, 12 bytes (float scale + int64 zero
 #: point) per quantization channel; tables per tensor / op fitted like the tail
-FLASH_COST: dict[str, float] = {"const_bytes": 1, "quant_channels": 12}
-FLASH_MARGIN = 0
+FLASH_COST: dict[str, float] = {
+    "const_bytes": 1, "quant_channels": 12, "ADD": -2.35, "AVERAGE_POOL_2D": 110.07, "CONCATENATION": 1.14,
+    "CONV_2D": -31.77, "DEPTHWISE_CONV_2D": -18.29, "FULLY_CONNECTED": -99.35, "HARD_SWISH": -51.74,
+    "LOGISTIC": -37.08, "MAX_POOL_2D": 5.18, "MEAN": 154.54, "MUL": -37.08, "PAD": 18.91, "PADV2": 83.13,
+    "RESHAPE": -131.13, "STRIDED_SLICE": -205.76, "SUM": -117.31, "TRANSPOSE": 277.48, "SE": -304.6,
+    "FC4D": -160.44, "FUSED": -11.15, "SAME": -9.97, "one": 371.14, "tensors": 167.58, "consts": -122.16,
+    "quant_tensors": 74.05, "ops": -81.41,
+}
+FLASH_MARGIN = 113
 
 
 def _linear(f: dict[str, float], cost: dict[str, float], margin: float) -> int:
     return int(sum(c * f.get(k, 0.0) for k, c in cost.items()) + margin + 0.999)
 
 
-def _overhead(g: _Graph) -> int:
-    return _linear(features(g), TAIL_COST, TAIL_MARGIN)
-
-
-def _flash(g: _Graph) -> int:
-    return _linear(features(g), FLASH_COST, FLASH_MARGIN)

@@ -1,7 +1,7 @@
 """Agreement and speed of the analytic int8 memory model `archs.memory` against TensorFlow Lite Micro.
 
-On N seeded random valid specs (benchmarks/specgen.py: every catalog block, strides, kernels, alpha, rho,
-heads, activations) each network (random weights: memory does not depend on their values) is exported by
+On N seeded random valid specs (benchmarks/specgen.py over every block kind archs.memory models: strides,
+kernels, alpha, rho, heads, activations) each network (random weights: memory does not depend on their values) is exported by
 `compress.tflite.export_int8` and allocated by the TFLM runtime (tflite-micro's recording allocator, smallest
 arena found by doubling). It reports:
 - the activation arena (TFLM's head) exact-match rate of `memory(spec).activation_bytes`,
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archs import build, estimate  # noqa: E402
-from archs.memory import memory  # noqa: E402
+from archs.memory import BLOCK_GRAPH, memory  # noqa: E402
 from specgen import random_specs  # noqa: E402
 
 
@@ -83,7 +83,7 @@ _FIXED = {"tail": {"tensors": 24, "ops": 64, "channel_arrays": 2}, "flash": {"co
 _FREE = {"tail": ("one", "reduce", "op_types"), "flash": ("one", "tensors", "consts", "quant_tensors", "ops")}
 
 
-def fit(records: list[dict]) -> dict:
+def fit(records: list[dict], flash_records: list[dict] | None = None) -> dict:
     """Least-squares costs of the overhead (tail) and flash models on measured records, plus the margin that
     makes every fitted figure at least the measured one: what archs/memory.py's TAIL_COST / FLASH_COST hold."""
     import numpy as np
@@ -91,9 +91,10 @@ def fit(records: list[dict]) -> dict:
     from archs.memory import OPS, _build, features
     from archs.spec import NetSpec
 
-    rows = [(r, features(_build(NetSpec.from_string(r["spec"])))) for r in records]
     out = {}
     for which, target in (("tail", lambda r: r["alloc"]["tail"]), ("flash", lambda r: r["file_bytes"])):
+        recs = records if which == "tail" or flash_records is None else flash_records
+        rows = [(r, features(_build(NetSpec.from_string(r["spec"])))) for r in recs]
         names = list(OPS) + list(_FREE[which])
         fixed = _FIXED[which]
         x = np.array([[f[k] for k in names] for _, f in rows])
@@ -129,16 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", nargs="+", metavar="CACHE", default=None,
                     help="instead: fit the overhead and flash costs of archs.memory on these caches (other specs "
                          "than the benchmark's) and print them")
+    ap.add_argument("--fit-flash", nargs="+", metavar="CACHE", default=None,
+                    help="with --fit: fit the flash costs on these caches instead")
+    ap.add_argument("--every", type=int, default=1, help="benchmark every N-th spec only (held-out subsets)")
+    ap.add_argument("--offset", type=int, default=0, help="... starting at this index")
     args = ap.parse_args(argv)
     if args.fit:
-        recs = [json.loads(line) for f in args.fit for line in Path(f).read_text().splitlines() if line.strip()]
-        recs = [r for r in recs if "error" not in r and "total" in r.get("alloc", {})]
-        print(json.dumps(fit(list({r["spec"]: r for r in recs}.values())), indent=1))
+        def read(files):
+            recs = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
+            recs = [r for r in recs if "error" not in r and "total" in r.get("alloc", {})]
+            return list({r["spec"]: r for r in recs}.values())
+
+        print(json.dumps(fit(read(args.fit), read(args.fit_flash) if args.fit_flash else None), indent=1))
         return 0
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
-    specs = random_specs(args.n, args.seed)
+    specs = random_specs(args.n, args.seed, kinds=tuple(BLOCK_GRAPH))[args.offset::args.every]
     cache_path = Path(args.cache)
     cache: dict[str, dict] = {}
     if cache_path.is_file():
