@@ -103,7 +103,8 @@ def read_graph(path: str | os.PathLike) -> TfliteGraph:
         q = t.quantization
         tensors.append({"shape": [int(s) for s in (t.shape if t.shape is not None else [])],
                         "type": types.get(t.type, str(t.type)), "const": bool(const),
-                        "channels": 0 if q is None or q.scale is None else len(q.scale)})
+                        "channels": 0 if q is None or q.scale is None else len(q.scale),
+                        "zero_points": 0 if q is None or q.zeroPoint is None else len(q.zeroPoint)})
     return TfliteGraph(ops, tensors, [int(i) for i in sg.inputs], [int(i) for i in sg.outputs], len(data))
 
 
