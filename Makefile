@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	Python 3.11 or newer: make $(MAKECMDGOALS) PYTHON=python3.12 (or the path of another)" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dashboard]'
+	$(PY) -m pip install -q -e '.[test,mcu,dashboard]'
 	touch $(STAMP)
 	@echo "environment ready in $(VENV)/: '. $(VENV)/bin/activate' (or $(PY) -m ...) runs the README's commands"
 

@@ -263,6 +263,19 @@ def open_study(source: Any, study_name: str | None = None) -> optuna.Study:
 
 
 # ----- the trials table ----------------------------------------------------------------------------------------
+def read_table(path: Path) -> pd.DataFrame:
+    """pd.read_csv of a table this package wrote; an unreadable, unparsable or non-UTF-8 file is a UserError naming
+    it (an empty one stays pandas' EmptyDataError for the caller to decide)."""
+    try:
+        return pd.read_csv(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                        "not a table edgenas wrote") from None
+    except (OSError, pd.errors.ParserError) as e:
+        raise UserError(f"{path}: cannot read ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+
+
+
 def _raw_frame(src: StudySource) -> pd.DataFrame:
     study = src.study()
     if study is not None:
@@ -271,11 +284,9 @@ def _raw_frame(src: StudySource) -> pd.DataFrame:
         return trials_frame(study)
     path = src.dir / "trials.csv"  # type: ignore[operator]
     try:
-        df = pd.read_csv(path)
+        df = read_table(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=["number", "state"])
-    except (OSError, pd.errors.ParserError) as e:
-        raise UserError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
     if "number" not in df.columns or "state" not in df.columns:
         raise UserError(f"{path} is not a trials table (no 'number' and 'state' columns)")
     for c in ("datetime_start", "datetime_complete"):
@@ -397,9 +408,9 @@ def load_stages(path: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.Dat
     frames = []
     for f in paths:
         try:
-            df = pd.read_csv(f)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise UserError(f"{f}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            df = read_table(f)
+        except pd.errors.EmptyDataError:
+            raise UserError(f"{f}: cannot read (the file is empty)") from None
         if "stage" not in df.columns:
             raise UserError(f"{f} is not a compression stage table (no 'stage' column)")
         df.insert(0, "run", f.parent.name)

@@ -1,6 +1,6 @@
 """edgenas.archs: the catalog of compact blocks, declarative network specs, the builder and exact cost counting."""
-from .blocks import (BasicResidual, ConvBNAct, DepthwiseSeparable, Fire, InvertedResidual, LowRankConv2d,
-                     LowRankConvBNAct, SqueezeExcite)
+from .blocks import (BasicResidual, ConvBNAct, DepthwiseSeparable, Fire, GhostBottleneck, GhostModule,
+                     InvertedResidual, LowRankConv2d, LowRankConvBNAct, MBConv3, SqueezeExcite)
 from .builder import Net, build
 from .count import CountResult, conv_linear_macs, count, count_ptflops, latency, num_params
 from .errors import SpecError, UserError
@@ -10,7 +10,8 @@ from .units import format_quantity, parse_quantity
 from . import zoo
 
 __all__ = [
-    "BasicResidual", "ConvBNAct", "DepthwiseSeparable", "Fire", "InvertedResidual", "LowRankConv2d",
+    "BasicResidual", "ConvBNAct", "DepthwiseSeparable", "Fire", "GhostBottleneck", "GhostModule", "MBConv3",
+    "InvertedResidual", "LowRankConv2d",
     "LowRankConvBNAct", "SqueezeExcite", "Net", "build", "CountResult", "conv_linear_macs", "count",
     "count_ptflops", "latency", "num_params", "SpecError", "UserError", "Cost", "estimate", "BLOCK_TYPES",
     "HeadSpec", "NetSpec", "StageSpec", "StemSpec", "make_divisible", "format_quantity", "parse_quantity", "zoo",

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import (BasicResidual, ConvBNAct, DepthwiseSeparable, Fire, InvertedResidual, LowRankConvBNAct,
-                     make_act)
+from .blocks import make_act
 from .errors import SpecError
 from .plan import Block, resolve
+from .registry import get_kind
 from .spec import NetSpec
 
 
@@ -39,24 +39,8 @@ def build(spec: NetSpec | dict | str) -> Net:
 
 
 def _make_block(b: Block, spec: NetSpec, is_stem: bool) -> nn.Module:
-    n, a, x = spec.norm, spec.act, b.extra
-    if b.kind == "conv":
-        return ConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, x["padding"], x["groups"], norm=n, act=a)
-    if b.kind == "dws":
-        return DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, norm=n, act=a)
-    if b.kind == "ir":
-        return InvertedResidual(b.in_ch, b.out_ch, b.stride, x["expand"], b.kernel, x["se"], norm=n, act=a)
-    if b.kind == "fire":
-        return Fire(b.in_ch, x["squeeze"], x["e1"], x["e3"], b.stride, x["bypass"], norm=n, act=a)
-    if b.kind == "lowrank":
-        return LowRankConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, x["rank"], norm=n, act=a)
-    if b.kind == "basic":
-        return BasicResidual(b.in_ch, b.out_ch, b.stride, b.kernel, x["shortcut"], norm=n, act=a)
-    if b.kind == "maxpool":
-        return nn.MaxPool2d(b.kernel, b.stride, x["padding"], ceil_mode=x["ceil_mode"])
-    if b.kind == "avgpool":
-        return nn.AvgPool2d(b.kernel, b.stride, x["padding"])
-    raise AssertionError(b.kind)  # unreachable: validated
+    """The module of one resolved block, made by its kind's registry record."""
+    return get_kind(b.kind).make(b, spec.norm, spec.act)
 
 
 def _make_head(spec: NetSpec, head: list[tuple[str, int, int]]) -> nn.Sequential:

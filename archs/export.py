@@ -26,16 +26,26 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     x = torch.zeros((2, *tuple(input_shape)[1:]))
     tmp = path.with_suffix(".onnx.tmp")
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
-        except Exception:  # noqa: BLE001 - any exporter failure: try the other exporter
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"], output_names=["logits"],
-                              dynamic_shapes={"x": {0: batch}})
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["input"],
+                                  output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                                  opset_version=17)
+            except OSError:
+                raise  # the disk, not the exporter: the other exporter would fail the same way
+            except Exception:  # noqa: BLE001 - any exporter failure: try the other exporter
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"],
+                                  output_names=["logits"], dynamic_shapes={"x": {0: batch}})
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # never leave a half-written model behind
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     return path
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,18 @@ _UMASK = _read_umask()  # read once at import: os.umask is process-wide and not 
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`; on any error the temporary
+    file is removed and an OSError names `path` (a full disk's write error names no file by itself)."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,6 +51,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete folder `new` in place of `target` (renames only; the old `target` is deleted last)."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -72,10 +96,20 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): it was never completely written")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with disallowed globals, garbage
-        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # garbage, not a refused object
+            raise UserError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (unpickling failed)") from None
+        # what weights_only refuses: Python objects that could run code when loaded (torch's own message goes on
+        # to suggest weights_only=False, which is exactly what must not be done with a file one does not trust)
+        raise UserError(f"cannot load checkpoint {path}: refused, it holds Python objects other than tensors and loading them "
+                        "could run arbitrary code; save a plain state_dict (tensors only)") from None
+    except Exception as e:  # truncated zip, garbage
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}{': ' + first if first else ''}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} does not hold a state_dict")
     return state

@@ -13,41 +13,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import SpecError
+from .plan import resolve
+from .registry import by_token, get_kind, kinds
+from .shapes import make_divisible  # noqa: F401  re-exported (zoo, search)
 
-#: block type -> the keys it accepts in `StageSpec.args` with their types.
-BLOCK_ARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "conv": {"padding": int, "groups": int},
-    "dws": {},
-    "ir": {"expand": (int, float), "se": (int, float)},
-    "fire": {"squeeze_ratio": (int, float), "pct3x3": (int, float), "bypass": bool},
-    "lowrank": {"rank_ratio": (int, float)},
-    "basic": {"shortcut": str},
-    "maxpool": {"ceil_mode": bool, "padding": int},
-    "avgpool": {"padding": int},
-}
-BLOCK_TYPES = tuple(BLOCK_ARGS)
-POOL_BLOCKS = ("maxpool", "avgpool")
+#: Block kinds in catalog order, and those without channels of their own (pooling): both read from the registry.
+_REGISTRY = kinds()
+BLOCK_TYPES = tuple(_REGISTRY)
+POOL_BLOCKS = tuple(k.name for k in kinds().values() if not k.channels)
 ACTIVATIONS = ("relu", "relu6", "hardswish", "silu")
 HEAD_KINDS = ("pool", "flatten", "conv")
-
-# Defaults of the block arguments, used by the builder and the cost model alike.
-BLOCK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ir": {"expand": 6, "se": 0.0},
-    "fire": {"squeeze_ratio": 0.125, "pct3x3": 0.5, "bypass": False},
-    "lowrank": {"rank_ratio": 0.5},
-    "basic": {"shortcut": "B"},
-    "maxpool": {"ceil_mode": False, "padding": 0},
-    "avgpool": {"padding": 0},
-}
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """MobileNet's channel rounding: nearest multiple of `divisor`, never more than 10% below `v`."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return int(new_v)
 
 
 @dataclass
@@ -73,8 +48,13 @@ class StageSpec:
     scale: bool = True  # apply the width multiplier alpha to `channels`
 
     def arg(self, key: str) -> Any:
-        """A block argument, falling back to the block type's default."""
-        return self.args.get(key, BLOCK_DEFAULTS.get(self.block, {}).get(key))
+        """A block argument, falling back to the block type's default (None for an unknown block or key)."""
+        args = self.args
+        if key in args:
+            return args[key]
+        kind = _REGISTRY.get(self.block) if isinstance(self.block, str) else None
+        a = kind.args.get(key) if kind is not None else None
+        return a.default if a is not None else None
 
 
 @dataclass
@@ -131,6 +111,9 @@ class NetSpec:
         _check_int(self.divisor, "divisor", 1)
         _check_pos_float(self.rho, "rho")
         _check_pos_float(self.alpha, "alpha")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise SpecError(f"input size {self.input_size:,} px (resolution {self.resolution} x rho {self.rho:g}) is "
+                            f"over the {MAX_INPUT_SIZE:,} px this package builds networks for")
         if self.act not in ACTIVATIONS:
             raise SpecError(f"act: unknown activation {self.act!r}; choose from {', '.join(ACTIVATIONS)}")
         if not isinstance(self.norm, bool):
@@ -150,27 +133,26 @@ class NetSpec:
             where = f"stages[{i}]"
             if not isinstance(s, StageSpec):
                 raise SpecError(f"{where} must be an object")
-            if s.block not in BLOCK_ARGS:
-                raise SpecError(f"{where}.block: unknown block {s.block!r}; choose from {', '.join(BLOCK_TYPES)}")
+            kind = get_kind(s.block, f"{where}.block")
             _check_int(s.repeats, f"{where}.repeats", 1)
             _check_int(s.stride, f"{where}.stride", 1)
             _check_int(s.kernel, f"{where}.kernel", 1)
-            if s.block not in POOL_BLOCKS:
+            if kind.channels:
                 _check_int(s.channels, f"{where}.channels", 1)
-                if s.block != "conv" and s.kernel % 2 == 0:
+                if kind.odd_kernel and s.kernel % 2 == 0:
                     raise SpecError(f"{where}.kernel must be odd for block {s.block!r}, got {s.kernel}")
             if not isinstance(s.args, dict):
                 raise SpecError(f"{where}.args must be an object")
-            allowed = BLOCK_ARGS[s.block]
+            allowed = kind.args
             for k, v in s.args.items():
                 if k not in allowed:
                     ok = ", ".join(allowed) or "none"
                     raise SpecError(f"{where}.args: unknown argument {k!r} for block {s.block!r} (allowed: {ok})")
-                if isinstance(v, bool) and allowed[k] is not bool:
+                if isinstance(v, bool) and allowed[k].type is not bool:
                     raise SpecError(f"{where}.args.{k} must be a number, got {v!r}")
-                if not isinstance(v, allowed[k]):
+                if not isinstance(v, allowed[k].type):
                     raise SpecError(f"{where}.args.{k} has the wrong type: {v!r}")
-            _check_block_args(s, where)
+            _check_block_args(kind, s, where)
         hd = self.head
         if not isinstance(hd, HeadSpec):
             raise SpecError("head must be an object")
@@ -184,8 +166,6 @@ class NetSpec:
             raise SpecError("head.hidden must be empty for a 'conv' head")
         if not isinstance(hd.dropout, (int, float)) or isinstance(hd.dropout, bool) or not 0 <= hd.dropout < 1:
             raise SpecError(f"head.dropout must be in [0, 1), got {hd.dropout!r}")
-        from .plan import resolve  # local import: plan imports spec
-
         resolve(self)  # raises SpecError when the feature map vanishes or channels do not fit
         return self
 
@@ -250,6 +230,10 @@ def _fields(d: Any, kind: type, where: str) -> dict[str, Any]:
     return d
 
 
+#: largest input side (px) a spec may ask for: far above any edge network's input, far below what exhausts memory
+MAX_INPUT_SIZE = 4096
+
+
 def _check_int(v: Any, name: str, lo: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise SpecError(f"{name} must be an integer, got {v!r}")
@@ -262,33 +246,32 @@ def _check_pos_float(v: Any, name: str) -> None:
         raise SpecError(f"{name} must be a positive number, got {v!r}")
 
 
-def _check_block_args(s: StageSpec, where: str) -> None:
-    b = s.block
-    if b == "ir":
-        if s.arg("expand") < 1:
-            raise SpecError(f"{where}.args.expand must be >= 1, got {s.arg('expand')}")
-        if not 0 <= s.arg("se") < 1:
-            raise SpecError(f"{where}.args.se (squeeze-excite ratio) must be in [0, 1), got {s.arg('se')}")
-    elif b == "fire":
-        if not 0 < s.arg("squeeze_ratio") <= 1:
-            raise SpecError(f"{where}.args.squeeze_ratio must be in (0, 1], got {s.arg('squeeze_ratio')}")
-        if not 0 < s.arg("pct3x3") < 1:
-            raise SpecError(f"{where}.args.pct3x3 must be in (0, 1), got {s.arg('pct3x3')}")
-    elif b == "lowrank":
-        if not 0 < s.arg("rank_ratio") <= 1:
-            raise SpecError(f"{where}.args.rank_ratio must be in (0, 1], got {s.arg('rank_ratio')}")
-    elif b == "basic":
-        if s.arg("shortcut") not in ("A", "B"):
-            raise SpecError(f"{where}.args.shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {s.arg('shortcut')!r}")
-    elif b in POOL_BLOCKS:
-        p = s.arg("padding")
-        if p < 0 or p > s.kernel // 2:
-            raise SpecError(f"{where}.args.padding must be in [0, kernel // 2], got {p}")
+def _check_block_args(kind, s: StageSpec, where: str) -> None:
+    """The kind's per-argument checks (on given values and defaults alike), then its cross-argument check."""
+    for name, a in kind.args.items():
+        if a.check is not None:
+            v = s.arg(name)
+            if not a.check(v, s):
+                raise SpecError(f"{where}.args.{a.label or name} {a.rule}, got {v!r}")
+    if kind.check is not None:
+        kind.check(s, where)
 
 
 # ----- one-line string form ---------------------------------------------------------------------
-_STAGE_RE = re.compile(r"^(?P<block>[a-z]+)(?P<ch>\d+)?k(?P<k>\d+)s(?P<s>\d+)(?:n(?P<n>\d+))?(?P<fixed>!)?"
-                       r"(?:\((?P<args>[^()]*)\))?$")
+_STAGE_REST = r"(?P<ch>\d+)?k(?P<k>\d+)s(?P<s>\d+)(?:n(?P<n>\d+))?(?P<fixed>!)?(?:\((?P<args>[^()]*)\))?$"
+_STAGE_RE = re.compile(r"^(?P<block>[a-z]+)" + _STAGE_REST)  # an unknown block: its name fails validation
+_REST_RE = re.compile("^" + _STAGE_REST)
+
+
+def _match_stage(p: str) -> tuple[str, re.Match | None]:
+    """(block name, match of the rest) of one stage of the string form; the kind's token comes first."""
+    for token, kind in by_token():
+        if p.startswith(token):
+            m = _REST_RE.match(p[len(token):])
+            if m:
+                return kind.name, m
+    m = _STAGE_RE.match(p)
+    return (m["block"] if m else ""), m
 
 
 def _fmt(v: Any) -> str:
@@ -319,7 +302,9 @@ def spec_to_string(spec: NetSpec) -> str:
         stem += f"p{st.padding}"
     parts.append(stem)
     for s in spec.stages:
-        t = f"{s.block}{s.channels if s.block not in POOL_BLOCKS else ''}k{s.kernel}s{s.stride}"
+        kind = kinds().get(s.block) if isinstance(s.block, str) else None
+        token = kind.token if kind is not None else s.block
+        t = f"{token}{s.channels if kind is None or kind.channels else ''}k{s.kernel}s{s.stride}"
         if s.repeats != 1:
             t += f"n{s.repeats}"
         if not s.scale:
@@ -359,7 +344,7 @@ def spec_from_string(text: str) -> NetSpec:
     d["stem"] = {"channels": int(m[1]), "kernel": int(m[2]), "stride": int(m[3]), "padding": int(m[4]) if m[4] else None}
     stages = []
     for p in parts[2:-1]:
-        m = _STAGE_RE.match(p)
+        block, m = _match_stage(p)
         if not m:
             raise SpecError(f"spec string: cannot read stage {p!r}")
         args = {}
@@ -368,7 +353,7 @@ def spec_from_string(text: str) -> NetSpec:
             if not eq or not key.strip():
                 raise SpecError(f"spec string: cannot read argument {tok!r} in {p!r} (expected name=value)")
             args[key.strip()] = _parse_val(val.strip())
-        stages.append({"block": m["block"], "channels": int(m["ch"] or 0), "kernel": int(m["k"]), "stride": int(m["s"]),
+        stages.append({"block": block, "channels": int(m["ch"] or 0), "kernel": int(m["k"]), "stride": int(m["s"]),
                        "repeats": int(m["n"] or 1), "scale": not m["fixed"], "args": args})
     d["stages"] = stages
     h = parts[-1]

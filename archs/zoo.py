@@ -1,8 +1,8 @@
 """Reference networks described as `NetSpec`s from the same catalog blocks.
 
-Published architectures are faithful: with 1,000 classes at 224x224 SqueezeNet 1.0/1.1 and MobileNetV2 have
-torchvision's exact parameter counts, and MobileNetV1 1.0-224 has the paper's 569 M Mult-Adds and 4.2 M
-parameters. Every function takes `num_classes`, `in_chans` and `resolution` to retarget the network.
+Published architectures are faithful: with 1,000 classes at 224x224 SqueezeNet 1.0/1.1, MobileNetV2 and
+MobileNetV3 small/large have torchvision's exact parameter counts, MobileNetV1 1.0-224 has the paper's 569 M
+Mult-Adds and 4.2 M parameters, and GhostNet 1.0x has timm's `ghostnet_100` parameter count and MACs. Every function takes `num_classes`, `in_chans` and `resolution` to retarget the network.
 """
 from __future__ import annotations
 
@@ -101,9 +101,68 @@ def resnet20(num_classes: int = 10, in_chans: int = 3, resolution: int = 32) -> 
                    head=HeadSpec("pool"), name="resnet20")
 
 
+# MobileNetV3 blocks (torchvision's table): in, kernel, expanded, out, squeeze-excite, hard-swish, stride
+_MBV3 = {
+    "large": ([(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+               (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+               (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+               (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+               (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1)],
+              1280),
+    "small": ([(16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2), (24, 3, 88, 24, False, False, 1),
+               (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
+               (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1), (48, 5, 288, 96, True, True, 2),
+               (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1)], 1024),
+}
+
+
+def _mobilenet_v3(size: str, width: float, num_classes: int, in_chans: int, resolution: int) -> NetSpec:
+    cfg, last = _MBV3[size]
+    stages = [StageSpec("mbv3", c, stride=s, kernel=k,
+                        args={"expand": e / i, "se": 0.25 if se else 0.0, "act": "hardswish" if hs else "relu"})
+              for i, k, e, c, se, hs, s in cfg]
+    stages.append(StageSpec("conv", 6 * cfg[-1][3], kernel=1))  # last conv: 6x the last block's width
+    return NetSpec(num_classes=num_classes, in_chans=in_chans, resolution=resolution, alpha=width, act="hardswish",
+                   stem=StemSpec(16, 3, 2), stages=stages,
+                   head=HeadSpec("pool", [make_divisible(last * width, 8)], dropout=0.2),
+                   name=f"mobilenet_v3_{size}_{width:g}")
+
+
+def mobilenet_v3_large(width: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
+                       resolution: int = 224) -> NetSpec:
+    """MobileNetV3-Large (Howard et al. 2019), torchvision's layout: 5,483,032 parameters at width 1.0, 1,000 classes."""
+    return _mobilenet_v3("large", width, num_classes, in_chans, resolution)
+
+
+def mobilenet_v3_small(width: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
+                       resolution: int = 224) -> NetSpec:
+    """MobileNetV3-Small (Howard et al. 2019), torchvision's layout: 2,542,856 parameters at width 1.0, 1,000 classes."""
+    return _mobilenet_v3("small", width, num_classes, in_chans, resolution)
+
+
+# GhostNet bottlenecks (the paper's Table 1, timm's cfgs): kernel, expanded, out, squeeze-excite ratio, stride
+_GHOST = [(3, 16, 16, 0, 1), (3, 48, 24, 0, 2), (3, 72, 24, 0, 1), (5, 72, 40, 0.25, 2), (5, 120, 40, 0.25, 1),
+          (3, 240, 80, 0, 2), (3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1),
+          (3, 672, 112, 0.25, 1), (5, 672, 160, 0.25, 2), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1),
+          (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)]
+
+
+def ghostnet(width: float = 1.0, num_classes: int = 1000, in_chans: int = 3, resolution: int = 224) -> NetSpec:
+    """GhostNet 1.0x (Han et al. 2020) as timm's `ghostnet_100`: 5,182,508 parameters, 141.2 M conv and linear MACs."""
+    stages, c_in = [], 16
+    for k, e, c, se, s in _GHOST:
+        stages.append(StageSpec("ghost", c, stride=s, kernel=k, args={"expand": e / c_in, "se": float(se)}))
+        c_in = c
+    stages.append(StageSpec("conv", 960, kernel=1))
+    return NetSpec(num_classes=num_classes, in_chans=in_chans, resolution=resolution, alpha=width, divisor=4,
+                   stem=StemSpec(16, 3, 2), stages=stages, head=HeadSpec("pool", [1280], dropout=0.2),
+                   name=f"ghostnet_{width:g}")
+
+
 ZOO: dict[str, Callable[..., NetSpec]] = {
     "lenet300_100": lenet300_100, "lenet5": lenet5, "svhn_cnn": svhn_cnn, "squeezenet1_0": squeezenet1_0,
     "squeezenet1_1": squeezenet1_1, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "resnet20": resnet20,
+    "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large, "ghostnet": ghostnet,
 }
 
 

@@ -9,7 +9,6 @@ sees), and test accuracy after --final-epochs on train+val (what a winner's retr
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,18 +24,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from archs import build  # noqa: E402
 from search.space import Budget, analytic_fits, fit_alpha  # noqa: E402
 from search_quality import baselines  # noqa: E402
+from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from training.data import load_data  # noqa: E402
 from training.loop import TrainConfig, evaluate, fit, set_seed  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--final-epochs", type=int, default=40)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/augment.json"))
+    add_common_args(ap)
     args = ap.parse_args()
+    args.seeds = resolve_seeds(args.seeds)
+    if args.quick:
+        args.epochs, args.final_epochs, args.seeds = 1, 1, args.seeds[:1]
     torch.set_num_threads(1)
     spec = fit_alpha(baselines(divisor=4)["lenet-style conv"], 4.0, analytic_fits(Budget(0.02, 1000)), alpha_min=0.02)
     t0, rows, out = time.time(), [], {}
@@ -60,9 +63,8 @@ def main() -> None:
     print(f"digits 8x8, {spec.to_string()}, lr {args.lr:g}, seeds {args.seeds}")
     print(tabulate(rows, headers=["recipe", f"val acc % ({args.epochs} ep)", "per seed",
                                   f"test acc % ({args.final_epochs} ep, train+val)", "per seed"], tablefmt="github"))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"config": vars(args), "spec": spec.to_string(), "results": out,
-                                           "seconds": time.time() - t0}, indent=2))
+    write_results(args.json, {"config": vars(args), "spec": spec.to_string(), "results": out,
+                              "seconds": time.time() - t0}, args, args.seeds)
     print(f"wrote {args.json}")
 
 

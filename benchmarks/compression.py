@@ -21,15 +21,15 @@ stage folder is kept under OUT/compression/seed<N>/. Prints tables; writes OUT/c
 Training and timing use `--threads` CPU threads (default 1: stable medians on a shared machine; ONNX Runtime
 sessions get the same number).
 
-    python benchmarks/compression.py                    # seeds 0 1 2, about 9 minutes on 2 shared CPU cores
-    python benchmarks/compression.py --seeds 0 --quick  # smoke run
+    python benchmarks/compression.py                    # development seeds 0 1 2, about 9 minutes on 2 shared CPU cores
+    python benchmarks/compression.py --seeds report --shared-machine   # the README's figures
+    python benchmarks/compression.py --quick            # smoke run
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, latency, zoo  # noqa: E402
-from archs.io import atomic_write_json  # noqa: E402
+from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from compress.distill import distill  # noqa: E402
 from compress.stages import CompressConfig, Stage, format_table, run_stages, save_stage_model  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -210,7 +210,6 @@ def seeds_table(seed: int, models: dict, sizes: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--share-bits", type=int, default=5, help="weight-sharing bits for LeNet-300-100 (<= 5)")
     ap.add_argument("--lenet-sparsity", type=float, default=0.92,
@@ -230,12 +229,15 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for training, PyTorch and ONNX Runtime")
-    ap.add_argument("--quick", action="store_true", help="few epochs, for a smoke run")
+    ap.add_argument("--json", default=None, help="where to write the JSON (default: OUT/compression.json)")
+    add_common_args(ap)
     args = ap.parse_args(argv)
+    args.seeds = resolve_seeds(args.seeds)
     torch.set_num_threads(max(1, args.threads))
     if args.quick:
         args.lenet_epochs, args.lenet_finetune_epochs, args.lenet_steps = 5, 2, 2
         args.cnn_epochs, args.cnn_finetune_epochs, args.student_epochs = 3, 2, 3
+        args.seeds = args.seeds[:1]
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     work = out / "compression"
@@ -313,13 +315,9 @@ def main(argv=None) -> int:
     log(f"\ntotal {total:.0f} s on {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
         f"load average {os.getloadavg()[0]:.2f}")
     result = {"benchmark": "compression", "dataset": "digits", "seeds": S, "args": vars(args), "summary": summary,
-              "seeds_table": table5, "per_seed": per_seed, "seconds": total,
-              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "python": platform.python_version(),
-                          "load_average_end": os.getloadavg()}}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "compression.json", result)
-    print(f"wrote {out / 'compression.json'}")
+              "seeds_table": table5, "per_seed": per_seed, "seconds": total}
+    path = write_results(args.json or out / "compression.json", result, args, S)
+    print(f"wrote {path}")
     return 0
 
 

@@ -6,17 +6,23 @@ about one in ten larger nets at 96-160 px) it measures:
 - median time per candidate of `estimate` (mean of --estimate-repeats calls per candidate), of `build`,
   of fvcore's FlopCountAnalysis on the built model, and of ptflops (`aten` and `pytorch` backends, on the
   first --ptflops-n specs, default all), and the ratio fvcore (build + analysis) / estimate,
-- for the ptflops subset, whether ptflops' aten count equals fvcore's conv+linear MACs plus bias additions.
+- for the ptflops subset, whether ptflops' aten count equals fvcore's conv+linear MACs plus bias additions,
+- the stages drawn and the agreement per registered block kind (specgen draws every kind in the registry),
+- with --baseline DIR (a checkout of an earlier commit, e.g. a `git worktree`), `estimate`'s time per candidate
+  of that checkout's `archs` and of this one side by side, interleaved in one process, on the specs the
+  baseline can express.
 MACs = multiply-adds as fvcore counts them (MFLOPs in this package). Prints a table, writes JSON.
 
     python benchmarks/count_speed.py --n 1000 --seed 0
+    git worktree add /tmp/base 1ce9b96 && python benchmarks/count_speed.py --baseline /tmp/base
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import importlib.util
 import io
-import json
 import platform
 import statistics
 import sys
@@ -31,8 +37,53 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from archs import build, conv_linear_macs, count, count_ptflops, estimate  # noqa: E402
+from archs.registry import names  # noqa: E402
 from specgen import random_specs  # noqa: E402
+
+
+def _load_baseline(root: str):
+    """The `archs` package of another checkout, imported as `archs_baseline` (its imports are relative)."""
+    spec = importlib.util.spec_from_file_location("archs_baseline", f"{root}/archs/__init__.py",
+                                                  submodule_search_locations=[f"{root}/archs"])
+    if spec is None:
+        raise SystemExit(f"--baseline: no archs package in {root}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["archs_baseline"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def side_by_side(specs, baseline_root: str, rounds: int, repeats: int) -> dict:
+    """Median time per candidate of the baseline's `estimate` and this one's, alternating which goes first."""
+    base = _load_baseline(baseline_root)
+    pairs = []
+    for s in specs:
+        try:
+            pairs.append((base.NetSpec.from_dict(s.to_dict()), s))
+        except base.SpecError:  # a kind the baseline does not have
+            pass
+    if not pairs:
+        raise SystemExit("--baseline: that checkout cannot express any of the specs")
+    agree = sum((base.estimate(b).macs, base.estimate(b).params) == (estimate(s).macs, estimate(s).params)
+                for b, s in pairs)
+    times: dict[str, list[float]] = {"baseline": [], "this": []}
+    for r in range(rounds):
+        order = [("baseline", base.estimate, 0), ("this", estimate, 1)]
+        for label, est, k in (order if r % 2 == 0 else order[::-1]):
+            per = []
+            for pair in pairs:
+                x = pair[k]
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    est(x)
+                per.append((time.perf_counter() - t) / repeats)
+            times[label].append(statistics.median(per))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"baseline": baseline_root, "specs": len(pairs), "same_costs": agree, "rounds": rounds,
+            "median_per_round_seconds": times, "median_seconds": med, "ratio_this_over_baseline":
+            med["this"] / med["baseline"]}
 
 
 def bias_adds(model: torch.nn.Module, layers) -> int:
@@ -57,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for build, fvcore and ptflops (default 1: stable timings; "
                          "estimate is pure Python)")
+    ap.add_argument("--baseline", default=None,
+                    help="a checkout of an earlier commit: time its estimate against this one, interleaved")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds with --baseline (default 8)")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "count_speed.json"))
+    add_common_args(ap, seeds=False)
     a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.estimate_repeats = 20, 2
     if a.threads:
         torch.set_num_threads(a.threads)
     warnings.simplefilter("ignore")
@@ -82,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     aten_ok = 0
     mismatches = []
     macs_all = []
+    per_kind: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])  # stages, specs, specs agreeing
     wall0 = time.perf_counter()
     for i, s in enumerate(specs):
         t = time.perf_counter()
@@ -98,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         agree_params += e.params == c.params
         if (e.macs, e.params) != (c.macs, c.params):
             mismatches.append({"spec": s.to_string(), "estimate": [e.macs, e.params], "fvcore": [c.macs, c.params]})
+        for kind, n in collections.Counter(st.block for st in s.stages).items():
+            per_kind[kind][0] += n
+            per_kind[kind][1] += 1
+            per_kind[kind][2] += (e.macs, e.params) == (c.macs, c.params)
         large.append(s.name.endswith("large"))
         macs_all.append(c.macs)
         if i < n_pt:
@@ -142,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     if n_pt < a.n:
         print(f"ptflops measured on the first {n_pt} of {a.n} specs only (--ptflops-n {n_pt}).")
     print(f"ptflops aten == fvcore conv+linear MACs + bias adds: {aten_ok}/{n_pt}")
+    kinds_rows = [[k, per_kind[k][0], per_kind[k][1], f"{per_kind[k][2]}/{per_kind[k][1]}"] for k in names()]
+    print("\nper registered block kind:")
+    print(tabulate(kinds_rows, headers=["kind", "stages", "specs with it", "specs exact"], disable_numparse=True))
+    missing = [k for k in names() if not per_kind[k][0]]
+    if missing:
+        print(f"kinds never drawn: {', '.join(missing)} (raise --n)")
+    sbs = side_by_side(specs, a.baseline, a.rounds, a.estimate_repeats) if a.baseline else None
+    if sbs:
+        m = sbs["median_seconds"]
+        print(f"\nestimate side by side with {a.baseline} on the {sbs['specs']} specs it can express "
+              f"({sbs['same_costs']} with the same costs), {a.rounds} interleaved rounds: baseline "
+              f"{m['baseline'] * 1e6:.2f} µs, this {m['this'] * 1e6:.2f} µs per candidate (median of round "
+              f"medians), ratio {sbs['ratio_this_over_baseline']:.3f}")
     print(f"MACs of the specs: median {med(macs_all) / 1e6:.3f} M, max {max(macs_all) / 1e6:.1f} M; "
           f"generation {gen_s:.1f} s, measurement {wall:.0f} s")
 
@@ -159,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                                          "min_ratio": min(ratios)},
         "ptflops_aten_equals_conv_linear_plus_bias": aten_ok / n_pt if n_pt else None,
         "macs": {"median": med(macs_all), "max": max(macs_all)},
+        "per_kind": {k: {"stages": v[0], "specs": v[1], "specs_exact": v[2]} for k, v in per_kind.items()},
+        "side_by_side": sbs,
         "wall_seconds": wall, "python": platform.python_version(), "torch": torch.__version__,
         "machine": platform.machine(), "processor": platform.processor(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results(a.out, result, a, [a.seed])
     print(f"wrote {out}")
-    return 0 if agree_macs == agree_params == a.n else 1
+    return 0 if agree_macs == agree_params == a.n and not missing else 1
 
 
 if __name__ == "__main__":

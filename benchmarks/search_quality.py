@@ -10,9 +10,13 @@ re-train its 3 leading candidates with new seeds, and its pick is the candidate 
 accuracy (the "val" column); --confirm 0 picks the best single trial. The pick is retrained on train+val for
 --final-epochs, --retrains times with different seeds (the same function for every method), and tested; its
 test accuracy is the mean.
+The search runs twice with TPE: as search.run does by default, whose warm start queues classic designs, the
+LeNet-style baseline's among them, as the first trials; and with --no-warm-start.
 (seed, method) runs are independent and run in --jobs parallel processes.
 
-    python benchmarks/search_quality.py --seeds 0 1 2 --trials 40 --epochs 15
+    python benchmarks/search_quality.py --seeds report --shared-machine    # the README's figures
+    python benchmarks/search_quality.py                                     # development seeds, for any choice
+    python benchmarks/search_quality.py --quick                             # smoke run, seconds
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
+from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from search.confirm import enqueue_confirmation, rank_candidates  # noqa: E402
 from search.space import Budget, SearchSpace, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
@@ -114,14 +119,18 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
             "fvcore_macs": fv.macs, "params": fv.params}
 
 
+SEARCHES = {"search (tpe)": ("tpe", True), "search (random)": ("random", True),
+            "search (tpe, --no-warm-start)": ("tpe", False)}  # method -> (sampler, warm start)
+
+
 def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
                  batch_size: int, out: str, threads: int, retrains: int, label_smoothing: float,
-                 confirm: float) -> dict:
+                 confirm: float, warm_start: bool = True) -> dict:
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
                        pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
-                       study_name=f"{sampler}-seed{seed}", device="cpu", threads=threads,
-                       label_smoothing=label_smoothing, confirm=confirm)
+                       study_name=f"{sampler}{'' if warm_start else '-nowarm'}-seed{seed}", device="cpu",
+                       threads=threads, label_smoothing=label_smoothing, confirm=confirm, warm_start=warm_start)
     res = run_search(cfg, data=data)
     df = res["trials"]
     trained = df[df["val_acc"].notna()]
@@ -145,10 +154,11 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)
     data = load_data("digits", seed=seed)
-    if method.startswith("search ("):
-        return run_searcher(method[len("search ("):-1], budget, data, args.trials, args.epochs, args.final_epochs,
+    if method in SEARCHES:
+        sampler, warm = SEARCHES[method]
+        return run_searcher(sampler, budget, data, args.trials, args.epochs, args.final_epochs,
                             seed, args.batch_size, args.out, args.threads, args.retrains, args.label_smoothing,
-                            args.confirm)
+                            args.confirm, warm_start=warm)
     return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
                         seed, args.batch_size, args.retrains, args.label_smoothing, args.confirm)
 
@@ -200,7 +210,6 @@ def main() -> None:
     ap.add_argument("--confirm", type=float, default=SearchConfig.confirm,
                     help="share of every method's trials re-training its 3 leading candidates with new seeds; each "
                          "method picks the best mean (as search.run; 0 = off: the best single trial)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest for tiny nets)")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                     help="(seed, method) runs in parallel processes (default: CPU cores, at most 4)")
@@ -212,7 +221,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results/benchmarks/search_quality"),
                     help="where the TPE and random studies are kept (python -m analysis.report OUT/tpe-seed0 "
                          "OUT/random-seed0 compares them); an existing folder is replaced")
+    add_common_args(ap)
     args = ap.parse_args()
+    args.seeds = resolve_seeds(args.seeds)
+    if args.quick:  # every method once, tiny: the code paths run, the figures mean nothing
+        args.trials, args.epochs, args.final_epochs, args.retrains, args.seeds = 3, 1, 1, 1, args.seeds[:1]
     if args.summarize:
         saved = json.loads(Path(args.summarize).read_text())
         report(saved["runs"], saved["config"])
@@ -224,7 +237,7 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    methods = [m for m in ["search (tpe)", "search (random)", *baselines(divisor=4)]
+    methods = [m for m in [*SEARCHES, *baselines(divisor=4)]
                if not args.methods or any(w.startswith(k.lower()) for k in args.methods
                                           for w in re.findall(r"[a-z0-9]+", m))]
     tasks = [(seed, m) for seed in args.seeds for m in methods]
@@ -243,9 +256,8 @@ def main() -> None:
     for seed, m in tasks:
         runs[m].append(results[seed, m])
     summary = report(runs, vars(args))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"config": vars(args), "summary": summary, "runs": runs,
-                                           "seconds": time.time() - t0}, indent=2))
+    write_results(args.json, {"config": vars(args), "summary": summary, "runs": runs, "seconds": time.time() - t0},
+                  args, args.seeds)
     print(f"\nwrote {args.json} ({time.time() - t0:.0f} s)")
 
 

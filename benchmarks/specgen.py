@@ -1,7 +1,9 @@
 """Seeded random valid `NetSpec`s like the search produces, for benchmarks: `random_specs(n, seed)`.
 
-Mostly small nets at 8-64 px (1 or 3 input channels, 2-5 stages of every catalog block, alpha 0.25-2,
-rho 0.5-2), and about one in ten larger nets at 96-160 px with more downsampling. Every spec validates.
+Mostly small nets at 8-64 px (1 or 3 input channels, 2-5 stages of every registered block kind, alpha 0.25-2,
+rho 0.5-2), and about one in ten larger nets at 96-160 px with more downsampling. Block arguments are drawn
+from each kind's `examples` in the registry, so a new kind is drawn as soon as it is registered. Every spec
+validates.
 """
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import random
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec
 from archs.errors import SpecError
 from archs.plan import resolve
+from archs.registry import get_kind, names
 
-BLOCKS = ("conv", "dws", "ir", "fire", "lowrank", "basic", "maxpool", "avgpool")
+BLOCKS = names()
 
 
 def _ok(spec: NetSpec) -> bool:
@@ -23,35 +26,27 @@ def _ok(spec: NetSpec) -> bool:
         return False
 
 
-def _stage(rng: random.Random, kind: str, spec: NetSpec, c_in: int, large: bool) -> StageSpec:
+def _args(rng: random.Random, kind, c_in: int, out: int, k: int) -> dict:
+    args = {}
+    for name in kind.examples:
+        v = rng.choice(kind.example_values(name, c_in, out, k))
+        if v is not None:
+            args[name] = v
+    return args
+
+
+def _stage(rng: random.Random, name: str, spec: NetSpec, c_in: int, large: bool) -> StageSpec:
+    kind = get_kind(name)
     stride = rng.choice((1, 2, 2) if large else (1, 1, 2))
-    if kind in ("maxpool", "avgpool"):
+    if not kind.channels:
         k = rng.choice((2, 3))
-        args = {"padding": rng.randint(0, k // 2)}
-        if kind == "maxpool":
-            args["ceil_mode"] = rng.random() < 0.5
-        return StageSpec(kind, kernel=k, stride=2 if rng.random() < 0.8 else 1, args=args)
+        return StageSpec(name, kernel=k, stride=2 if rng.random() < 0.8 else 1, args=_args(rng, kind, c_in, c_in, k))
     same = rng.random() < 0.25
     channels = c_in if same else int(round(math.exp(rng.uniform(math.log(8), math.log(128 if large else 96)))))
     out = spec.ch(channels, not same)
     k = rng.choice((3, 3, 5, 1, 7))
-    args: dict = {}
-    if kind == "conv":
-        if rng.random() < 0.3:
-            args["padding"] = rng.randint(0, k // 2)
-        if rng.random() < 0.3:
-            g = math.gcd(c_in, out)
-            args["groups"] = rng.choice([d for d in (1, 2, 4, 8) if g % d == 0])
-    elif kind == "ir":
-        args = {"expand": rng.choice((1, 2, 3, 4, 6)), "se": rng.choice((0.0, 0.0, 0.25))}
-    elif kind == "fire":
-        args = {"squeeze_ratio": rng.choice((0.125, 0.25, 0.5)), "pct3x3": rng.choice((0.25, 0.5, 0.75)),
-                "bypass": rng.random() < 0.5}
-    elif kind == "lowrank":
-        args = {"rank_ratio": rng.choice((0.25, 0.5, 0.75))}
-    elif kind == "basic":
-        args = {"shortcut": rng.choice(("A", "B")) if out >= c_in else "B"}
-    return StageSpec(kind, channels, repeats=rng.randint(1, 3), stride=stride, kernel=k, args=args, scale=not same)
+    return StageSpec(name, channels, repeats=rng.randint(1, 3), stride=stride, kernel=k,
+                     args=_args(rng, kind, c_in, out, k), scale=not same)
 
 
 def random_spec(rng: random.Random) -> NetSpec:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from archs.errors import run_cli  # noqa: E402
 from training import TensorData, TrainConfig, fit, load_data, resolve_device  # noqa: E402
 
@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1, as search.run trains; 0 keeps torch's default)")
     ap.add_argument("--out", default="results/benchmarks/train_throughput.json")
+    add_common_args(ap, seeds=False)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.epochs, args.random_images = 1, 1, 64
     if args.repeats < 1 or args.epochs < 1 or args.batch_size < 1 or args.random_images < 1:
         ap.error("--repeats, --epochs, --batch-size and --random-images must be positive")
     device = resolve_device(args.device)
@@ -165,14 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{row['median_images_per_second'][v]:>20,.0f}" for v in variants)
         print(f"{row['workload']:<30} {row['params']:>8,} {cells} {row['overhead_ratio']:>9.3f}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "epochs": args.epochs,
             "repeats": args.repeats, "batch_size": args.batch_size,
             "note": "images per wall-clock second of the whole call; overhead_ratio = bare median / fit median"}
-    out.write_text(json.dumps({"config": meta, "results": rows}, indent=2))
+    out = write_results(args.out, {"config": meta, "results": rows}, args)
     print(f"\nwrote {out}")
     return 0
 

@@ -9,7 +9,6 @@ changes between runs of a split. This spread is why the search re-trains its lea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,18 +26,23 @@ from search.space import Budget, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings  # noqa: E402
 from search_quality import baselines  # noqa: E402
 from training.data import load_data  # noqa: E402
+from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from training.loop import TrainConfig, fit, set_seed  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2], help="data split seeds")
+    ap.add_argument("--splits", nargs="+", default=["dev"], help="data split seeds: dev, report or integers")
     ap.add_argument("--seeds", type=int, default=5, help="training seeds per split")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/val_noise.json"))
+    add_common_args(ap, seeds=False)
     args = ap.parse_args()
+    args.splits = resolve_seeds(args.splits)
+    if args.quick:
+        args.epochs, args.seeds, args.splits = 1, 2, args.splits[:1]
     quiet_library_warnings()
     torch.set_num_threads(1)
     spec = fit_alpha(baselines(divisor=4)["lenet-style conv"], 4.0, analytic_fits(Budget(0.02, 1000)), 0.02)
@@ -63,8 +67,7 @@ def main() -> None:
     print(f"all runs: {100 * min(every):.2f}-{100 * max(every):.2f} % validation accuracy "
           f"({time.time() - t0:.0f} s)")
     out = {"spec": spec.to_string(), "config": vars(args), "val_acc": per_split, "seconds": time.time() - t0}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_results(args.json, out, args, args.splits)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ load; the JSON records the CPU count and load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -41,6 +40,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from search.storage import mask  # noqa: E402
 
 HEARTBEAT = {"EDGENAS_HEARTBEAT_INTERVAL": "1", "EDGENAS_HEARTBEAT_GRACE": "8"}
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    "PostgreSQL URL (its password is never printed)")
     ap.add_argument("--pg", action="store_true", help="use EDGENAS_PG_URL as --storage")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "workers.json"))
+    add_common_args(ap, seeds=False)
     a = ap.parse_args(argv)
+    if a.quick:  # two workers, three trials, no kill (tests/test_crash.py kills workers): the rates mean nothing
+        a.workers, a.trials, a.epochs, a.no_kill = "2", 3, 1, True
     ks = [int(x) for x in a.workers.split(",") if x.strip()]
     url = a.storage or (os.environ.get("EDGENAS_PG_URL") if a.pg else None)
     if a.pg and not url:
@@ -220,14 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate(table, headers=["storage", "workers", "trials", "kills", "kills survived", "trials lost",
                                    "RUNNING left", "dup. numbers", "csv = storage", "trials/min (trials)",
                                    "trials/min (wall)", "wall s"], tablefmt="github"))
-    meta = {"cpu_count": os.cpu_count(), "loadavg_before": load_before,
+    info = {"cpu_count": os.cpu_count(), "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(), "python": platform.python_version(),
             "optuna": optuna.__version__, "heartbeat": HEARTBEAT, "epochs": a.epochs,
             "command": mask(" ".join(["python", "benchmarks/workers.py",
                                       *(argv if argv is not None else sys.argv[1:])]))}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2, default=str) + "\n")
+    out = write_results(a.out, {"config": info, "runs": rows}, a)
     print(f"wrote {out}")
     bad = [r for r in rows if r["trials_lost"] or r["running_left"] or r["duplicated_numbers"]
            or not r["trials_csv_matches_storage"]]

@@ -145,8 +145,8 @@ def load_model(directory: str | Path, map_location: str = "cpu"):
         raise UserError(f"model directory not found: {d}")
     metrics = read_metrics(d)
     fmt = metrics.get("format", "float")
-    if fmt == "quantized":
-        raise UserError(f"{d} holds a quantized model, not a float model with spec.json + model.pt")
+    if fmt in ("quantized", "tflite"):
+        raise UserError(f"{d} holds a {fmt} model, not a float model with spec.json + model.pt")
     spec = read_spec(d / "spec.json")
     try:
         model = build(spec)
@@ -191,4 +191,8 @@ def load_stage(directory: str | Path):
         from .quantize import load_quantized
 
         return load_quantized(d / metrics["artifact"])
+    if metrics.get("format") == "tflite":
+        from .tflite import TflmModel
+
+        return TflmModel(d / metrics["artifact"], int(metrics["arena_bytes"]), metrics["details"])
     return load_model(d)[0]

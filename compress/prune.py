@@ -39,6 +39,11 @@ PRUNABLE = (nn.Conv2d, nn.Linear)
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+#: largest threshold quality q accepted: |w| < 3 std(w) holds for 99.7 % of a normal layer's weights, so a larger q
+#: (typically a fraction such as 50 meant as 50 %) leaves a network without weights; Deep Compression uses q ~ 1
+MAX_QUALITY = 3.0
+
+
 def check_ratio(method: str, amount: float) -> float:
     """Validate the pruning amount: a fraction in [0, 1) for ratio methods, a quality q >= 0 for `threshold`."""
     if method not in METHODS:
@@ -52,6 +57,10 @@ def check_ratio(method: str, amount: float) -> float:
     if method == "threshold":
         if amount < 0:
             raise UserError(f"threshold pruning takes a quality parameter q >= 0 (x the layer's weight std), got {amount}")
+        if amount > MAX_QUALITY:
+            raise UserError(f"threshold pruning quality q = {amount:g} layer standard deviations removes practically "
+                            f"every weight (q = {MAX_QUALITY:g} already removes 99.7 % of normally distributed weights); "
+                            f"use q <= {MAX_QUALITY:g}, or a fraction with --prune-method magnitude or global")
     elif not 0.0 <= amount < 1.0:
         raise UserError(f"pruning ratio must be in [0, 1) for method {method!r}, got {amount}")
     return amount

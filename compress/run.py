@@ -6,7 +6,8 @@
     python -m compress.run results/net --lowrank 0.9 --distill-from zoo:resnet20 --distill --kd-alpha 0.9
 
 Stages run in the order given. Output: OUT/NN_<stage>/ (model + metrics.json) and OUT/stages.csv, one row per
-stage, original first; OUT defaults to MODEL_DIR/../compress.
+stage, original first; OUT defaults to MODEL_DIR/../compress. A later run into the same OUT goes to OUT/run-2/
+(run-3, ...): results are never deleted or overwritten.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from archs.units import parse_quantity
 from training.data import load_data
 
 from .prune import METHODS
-from .stages import QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
+from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
 
 __all__ = ["build_parser", "main"]
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", action=_StageAction, kind="quantize", metavar="MODE",
                    help=f"post-training quantization for CPU: {', '.join(QUANT_MODES)} (dynamic quantizes Linear "
                         "layers only); the model passed on to later stages stays float")
+    g.add_argument("--export", action=_StageAction, kind="export", metavar="FORMAT",
+                   help="deployment: 'tflite' writes a full-integer int8 model_int8.tflite (NHWC int8 input) and "
+                        "model_data.cc/.h for firmware, then runs the test set in TensorFlow Lite Micro and records "
+                        "its int8 accuracy, arena and flash bytes beside archs.memory's estimates (needs .[mcu])")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune-method", choices=METHODS, default="magnitude",
                    help="magnitude (per layer), global (one ranking), threshold (Deep Compression q x std), "
@@ -114,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-epochs", type=int, default=30, help="training epochs of a zoo:NAME teacher")
     g = p.add_argument_group("quantization")
     g.add_argument("--calib-images", type=int, default=256, help="training images used to calibrate int8")
+    g.add_argument("--tflm-arena-kb", type=float, default=None, metavar="KB",
+                   help="--export tflite: tensor arena to run TFLM in, kB (1 kB = 1,024 bytes; default: the arena "
+                        "archs.memory computes for the model)")
     g = p.add_argument_group("data and output")
     g.add_argument("--dataset", default=None, help="data set (default: the one in MODEL_DIR/metrics.json, else digits)")
     g.add_argument("--data-dir", default=None, help="where torchvision data sets live")
@@ -123,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from metrics.json or ../config.json, else 0, so the test split stays unseen)")
     g.add_argument("--device", default=DEFAULT_DEVICE,
                    help="training device: auto (a GPU when there is one), cpu, cuda or cuda:N (measuring is on CPU)")
-    g.add_argument("--out", default=None, help="output folder (default: MODEL_DIR/../compress)")
+    g.add_argument("--out", default=None, help="output folder (default MODEL_DIR/../compress); if it holds an earlier "
+                                              "run, this one goes to OUT/run-2 (run-3, ...) and nothing is deleted")
     g.add_argument("--no-latency", action="store_true", help="skip the latency measurements (columns are NaN)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-stage lines")
     return p
@@ -145,6 +154,25 @@ def _origin(model_dir: Path, metrics: dict) -> dict:
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
     return found
+
+
+def holds_run(d: Path) -> bool:
+    """`d` holds a compression run's results (stages.csv or NN_<stage> folders)."""
+    return d.is_dir() and any(p.name == "stages.csv" or (p.is_dir() and _STAGE_DIR.match(p.name)) for p in d.iterdir())
+
+
+def run_folder(out: Path) -> Path:
+    """Where this run writes its stages: OUT itself, or OUT/run-2, run-3, ... when OUT (and every earlier
+    numbered run) already holds one, so that a re-run never deletes or overwrites results. A teacher cached in
+    OUT/teacher_NAME stays shared by every run of OUT."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not holds_run(out):
+        return out
+    k = 2
+    while (out / f"run-{k}").exists():
+        k += 1
+    return out / f"run-{k}"
 
 
 def _write(line: str) -> None:
@@ -177,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                          iterative=args.iterative, max_drop=args.max_drop, temperature=args.temperature,
                          alpha=args.kd_alpha, distill_epochs=args.distill_epochs,
                          distill_from_scratch=args.distill_from_scratch, calib_images=args.calib_images,
-                         quiet=args.quiet, measure_latency=not args.no_latency)
+                         quiet=args.quiet, measure_latency=not args.no_latency,
+                         tflm_arena_bytes=None if args.tflm_arena_kb is None else int(args.tflm_arena_kb * 1024))
     stages: list[Stage] = args.stages
     if any(s.kind == "distill" for s in stages) and not args.distill_from:
         raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
@@ -188,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         out = md / "compress"
     if out.resolve() == md or out.resolve() in md.parents:
         raise UserError(f"--out {out} contains MODEL_DIR {model_dir}; its stage folders would be overwritten")
+    run_out = run_folder(out)
     torch.manual_seed(seed)
     splits = load_data(dataset, data_dir, args.download, seed=seed)
     if splits.num_classes != spec.num_classes or splits.in_chans != spec.in_chans:
@@ -203,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         if tinfo.get("test_acc") is not None:
             say(f"teacher {args.distill_from}: test {100 * tinfo['test_acc']:.2f}%"
                 f"{' (reused)' if tinfo.get('reused') else ''}")
-    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {out}")
-    df = run_stages(model, stages, splits, cfg, out, spec=spec, source=str(model_dir), original_metrics=metrics,
+    if run_out != out:
+        say(f"{out} holds an earlier run (kept): this run goes to {run_out}")
+    say(f"{model_dir}: {dataset}, seed {seed}, {len(stages)} stage(s) -> {run_out}")
+    df = run_stages(model, stages, splits, cfg, run_out, spec=spec, source=str(model_dir), original_metrics=metrics,
                     echo=say)
     print(format_table(df))
-    print(f"stages table: {out / 'stages.csv'}")
+    print(f"stages table: {run_out / 'stages.csv'}")
     return 0
 
 

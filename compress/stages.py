@@ -45,10 +45,15 @@ __all__ = ["STAGE_KINDS", "COLUMNS", "Stage", "CompressConfig", "describe_struct
            "structure_changed", "save_stage_model", "load_stage", "load_model", "accuracy", "measure",
            "run_stages", "format_table", "finetune", "StageOutput"]
 
-STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize")
+STAGE_KINDS = ("prune", "lowrank", "distill", "share", "huffman", "quantize", "export")
 QUANT_MODES = ("int8", "fp16", "dynamic")
+EXPORT_FORMATS = ("tflite",)
 COLUMNS = ["stage", "kind", "test_acc", "val_acc", "mflops", "params", "nonzero_params", "size_bytes",
            "compression_ratio", "latency_b1_ms", "latency_b64_ms", "seconds", "artifact", "dir"]
+#: columns only the --export tflite stage fills (bytes; NaN elsewhere): TFLM's arena (total = head + tail), the
+#: .tflite file, the analytic `archs.memory` figures beside them, and the test-accuracy change fp32 -> int8
+MCU_COLUMNS = ["int8_acc_change", "arena_bytes", "arena_head_bytes", "arena_tail_bytes", "flash_bytes",
+               "arena_bytes_est", "arena_head_bytes_est", "flash_bytes_est"]
 _STAGE_DIR = re.compile(r"^\d{2}_[A-Za-z0-9_.+-]+$")
 
 
@@ -78,6 +83,8 @@ class Stage:
             return f"share_{int(v)}bit"
         if self.kind == "quantize":
             return f"quantize_{v}"
+        if self.kind == "export":
+            return f"export_{v}"
         return self.kind
 
 
@@ -103,6 +110,7 @@ class CompressConfig:
     calib_images: int = 256
     quiet: bool = True
     measure_latency: bool = True
+    tflm_arena_bytes: int | None = None    # --export tflite: arena to run TFLM in (None: archs.memory's figure)
 
     def train_config(self, epochs: int, augment: str = "none") -> TrainConfig:
         return TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
@@ -130,6 +138,12 @@ def validate_stages(stages: list[Stage], cfg: CompressConfig, has_teacher: bool 
         elif st.kind == "quantize":
             if st.value not in QUANT_MODES:
                 raise UserError(f"--quantize must be one of {', '.join(QUANT_MODES)}, got {st.value!r}")
+        elif st.kind == "export":
+            if st.value not in EXPORT_FORMATS:
+                raise UserError(f"--export must be one of {', '.join(EXPORT_FORMATS)}, got {st.value!r}")
+            from .tflite import require_mcu
+
+            require_mcu()
         elif st.kind == "distill" and not has_teacher:
             raise UserError("--distill needs a teacher: add --distill-from TEACHER (model directory or zoo:NAME)")
     if cfg.iterative < 1:
@@ -206,6 +220,7 @@ class StageOutput:
     passes_model: bool = True       # False: an artifact made from the model, which the next stage gets unchanged
     shared_info: Any = None         # weight-sharing codebooks, for a following huffman stage
     seconds: float | None = None    # wall time of the work, when the stage measures it itself
+    row: dict = field(default_factory=dict)  # extra table columns (MCU_COLUMNS) the stage measured
 
 
 def _stage_prune(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
@@ -318,10 +333,23 @@ def _stage_quantize(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Pa
     return StageOutput(model, details, "quantized", art, qm, float_model=model, passes_model=False, seconds=seconds)
 
 
+def _stage_export(model, st: Stage, splits: Splits, cfg: CompressConfig, d: Path, state: "_RunState") -> StageOutput:
+    from .tflite import export_stage
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(splits.train), generator=g)[:min(cfg.calib_images, len(splits.train))]
+    tm, row, details, art = export_stage(model, state.spec, splits.train.x.cpu()[idx], splits.test, d,
+                                         cfg.tflm_arena_bytes, structure_changed(model, state.spec))
+    details["calib_images"] = len(idx)
+    return StageOutput(model, details, "tflite", art, tm, float_model=model, passes_model=False,
+                       seconds=time.perf_counter() - t0, row=row)
+
+
 #: The one dispatch: every kind in STAGE_KINDS runs through its `_stage_<kind>` function.
 _STAGES: dict[str, Callable[..., StageOutput]] = {
     "prune": _stage_prune, "lowrank": _stage_lowrank, "distill": _stage_distill, "share": _stage_share,
-    "huffman": _stage_huffman, "quantize": _stage_quantize,
+    "huffman": _stage_huffman, "quantize": _stage_quantize, "export": _stage_export,
 }
 assert set(_STAGES) == set(STAGE_KINDS)
 
@@ -373,7 +401,7 @@ class _RunState:
     shared_info: Any = None
 
     def record(self, label: str, kind: str, d: Path, artifact: Path, m, seconds: float, details: dict,
-               fmt: str, float_model=None) -> dict:
+               fmt: str, float_model=None, extra: dict | None = None) -> dict:
         """Measure `m`, append its row, write the stage's metrics.json and the whole stages.csv, print a line."""
         row = {"stage": label, "kind": kind}
         row.update(measure(m, self.splits.test, artifact.stat().st_size, float_model, self.shape, self.splits.val,
@@ -381,6 +409,10 @@ class _RunState:
         base = self.rows[0]["size_bytes"] if self.rows else row["size_bytes"]
         row["compression_ratio"] = base / row["size_bytes"] if row["size_bytes"] else float("nan")
         row["seconds"] = seconds
+        if extra:
+            row.update(extra)
+            if "fp32_test_acc" in details:
+                row["int8_acc_change"] = row["test_acc"] - details["fp32_test_acc"]
         try:
             row["artifact"] = str(artifact.resolve().relative_to(self.out.resolve()))
         except ValueError:
@@ -393,6 +425,12 @@ class _RunState:
                 "details": _json_safe(details), PREPROCESSING_KEY: self.preprocessing}
         if artifact.suffix == ".onnx":
             meta["io"] = onnx_io(artifact)
+        elif artifact.suffix == ".tflite":  # full-integer: int8 NHWC input, int8 logits
+            meta["io"] = {"input": {"dtype": "int8", "layout": details.get("input_layout", "NHWC"),
+                                    "shape": details.get("input_shape"), "scale": details.get("input_scale"),
+                                    "zero_point": details.get("input_zero_point")},
+                          "output": {"dtype": "int8", "scale": details.get("output_scale"),
+                                     "zero_point": details.get("output_zero_point")}}
         atomic_write_json(d / "metrics.json", meta)
         atomic_write_text(self.out / "stages.csv", self.table().to_csv(index=False))
         self.say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  "
@@ -401,7 +439,8 @@ class _RunState:
         return row
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=COLUMNS)
+        mcu = any(k in r for r in self.rows for k in MCU_COLUMNS)
+        return pd.DataFrame(self.rows, columns=COLUMNS + (MCU_COLUMNS if mcu else []))
 
 
 def _fresh_stage_dir(out: Path, i: int, label: str) -> Path:
@@ -435,7 +474,7 @@ def _run_stage(model: nn.Module, i: int, st: Stage, state: _RunState) -> nn.Modu
     if res.passes_model:
         state.shared_info = res.shared_info
     artifact = res.artifact if res.artifact is not None else d / "model.pt"
-    state.record(label, st.kind, d, artifact, measured, seconds, res.details, res.fmt, res.float_model)
+    state.record(label, st.kind, d, artifact, measured, seconds, res.details, res.fmt, res.float_model, res.row)
     return res.model
 
 
@@ -487,5 +526,10 @@ def format_table(df: pd.DataFrame) -> str:
         rows.append([r.stage, f"{100 * r.test_acc:.2f}", f"{r.mflops:.4f}", f"{int(r.params):,}",
                      f"{int(r.nonzero_params):,}", f"{int(r.size_bytes):,}", f"{r.compression_ratio:.2f}x",
                      f"{r.latency_b1_ms:.3f}", f"{r.latency_b64_ms:.3f}", f"{r.seconds:.1f}"])
-    return tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
-                                   "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    table = tabulate(rows, headers=["stage", "test acc %", "MFLOPs", "params", "nonzero params", "size bytes",
+                                    "ratio", "latency b1 ms", "latency b64 ms", "seconds"], tablefmt="github")
+    if "arena_bytes" in df.columns and df["arena_bytes"].notna().any():
+        from .tflite import format_mcu_table
+
+        table += "\n\n" + format_mcu_table(df[df["arena_bytes"].notna()])
+    return table

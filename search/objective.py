@@ -16,9 +16,20 @@ from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
 from .confirm import CONFIRMS
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
 
 COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
+
+#: A hard latency budget on a noisy CPU: α is fitted to (1 - LATENCY_MARGIN) x --budget-latency-ms on one
+#: measurement per candidate, then the fitted network is measured again (the confirmation, the trial's recorded
+#: `latency_ms`); if that median exceeds the budget itself the trial is pruned as infeasible before any training.
+LATENCY_MARGIN = 0.1
+
+
+def latency_fit_target(budget_ms: float) -> float:
+    """The latency, in ms, that α is fitted to under a --budget-latency-ms of `budget_ms`."""
+    return budget_ms * (1 - LATENCY_MARGIN)
 
 
 class TrialFailed(Exception):
@@ -77,7 +88,7 @@ class Objective:
             return False
         if self.budget.latency_ms is None:
             return True
-        return latency(build(spec), repeats=20, max_seconds=1.0) <= self.budget.latency_ms
+        return latency(build(spec), repeats=20, max_seconds=1.0) <= latency_fit_target(self.budget.latency_ms)
 
     def __call__(self, trial: optuna.Trial):
         spec, alpha_max, hp = sample_structure(trial, self.space, self.shape)
@@ -91,7 +102,14 @@ class Objective:
         cost = estimate(spec)
         set_seed(self.train_cfg.seed + trial.number)  # the initial weights depend on the trial only, not on history
         model = build(spec)
-        lat = latency(model, repeats=20, max_seconds=1.0)
+        lat = latency(model, repeats=20, max_seconds=1.0)  # with a latency budget: its confirmation measurement
+        if self.budget.latency_ms is not None and lat > self.budget.latency_ms:
+            trial.set_user_attr("fail_reason", f"infeasible: {lat:.3f} ms measured after fitting to "
+                                f"{latency_fit_target(self.budget.latency_ms):.3f} ms is over the "
+                                f"{self.budget.latency_ms:g} ms latency budget")
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr("latency_ms", lat)
+            raise optuna.TrialPruned("over the latency budget on the confirmation measurement")
         trial.set_user_attr("spec", spec.to_string())
         trial.set_user_attr("spec_json", spec.to_dict())
         trial.set_user_attr("blocks", "+".join(dict.fromkeys(spec.block_types())))
@@ -113,15 +131,19 @@ class Objective:
         def on_epoch(epoch: int, acc: float) -> None:
             check_interrupt()  # a Ctrl-C whose KeyboardInterrupt Python dropped stops the trial here
             curve.append(acc)
-            trial.set_user_attr("curve", curve)
-            if self.stopper is None:
-                trial.report(acc, epoch)
-                if not confirming and trial.should_prune():
-                    trial.set_user_attr("epochs_run", epoch)
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-            elif self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key]):
+            trial.set_user_attr("curve", list(curve))
+            try:
+                with fail_fast():  # during a database outage: keep training, skip this epoch's pruning check
+                    if self.stopper is None:
+                        trial.report(acc, epoch)
+                        stop = not confirming and trial.should_prune()
+                    else:
+                        stop = self.stopper.should_stop(trial.study, epoch, acc, own_cost[self.stopper.cost_key])
+            except StorageUnavailable:
+                stop = False
+            if stop:
                 trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"dominated at epoch {epoch}")
+                raise optuna.TrialPruned(f"{'pruned' if self.stopper is None else 'dominated'} at epoch {epoch}")
 
         model.to(self.device)
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 
 from archs.export import export_onnx, onnx_io, onnx_max_diff
-from archs.io import atomic_write_json, atomic_write_text, save_model_dir
+from archs.io import atomic_write_json, atomic_write_text, replace_dir, save_model_dir
 
 from .confirm import candidate_of, rank_candidates
 
@@ -75,14 +76,25 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def save_winner(directory: str | Path, model: torch.nn.Module, metrics: dict[str, Any],
                 check_x: torch.Tensor | None = None) -> Path:
-    """Write spec.json, model.pt, model.onnx and metrics.json (incl. the ONNX Runtime vs PyTorch max difference)."""
+    """Write spec.json, model.pt, model.onnx and metrics.json (incl. the ONNX Runtime vs PyTorch max difference).
+
+    The files are written into a hidden sibling folder that replaces `directory` once complete: a full disk or an
+    interruption never leaves a half-written winner where a reader would take it for a result.
+    """
     d = Path(directory)
-    model = model.eval().cpu()
-    onnx_path = export_onnx(model, d / "model.onnx")
-    if check_x is not None:
-        diff = onnx_max_diff(model, onnx_path, check_x.cpu())
-        metrics = {**metrics, "onnx_max_abs_diff": diff}
-    save_model_dir(d, model, {**metrics, "io": onnx_io(onnx_path)})
+    stage = d.parent / f".{d.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        model = model.eval().cpu()
+        onnx_path = export_onnx(model, stage / "model.onnx")
+        if check_x is not None:
+            diff = onnx_max_diff(model, onnx_path, check_x.cpu())
+            metrics = {**metrics, "onnx_max_abs_diff": diff}
+        save_model_dir(stage, model, {**metrics, "io": onnx_io(onnx_path)})
+        replace_dir(stage, d)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return d
 
 

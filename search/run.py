@@ -10,7 +10,7 @@ from archs.units import parse_quantity
 from training.data import AUGMENTS
 
 from .confirm import candidate_table
-from .space import SEARCHABLE_BLOCKS, SearchSpace
+from .space import DEFAULT_BLOCKS, SEARCHABLE_BLOCKS, SearchSpace
 from .study import SearchConfig, run_search
 from .workers import sigint_once
 
@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
     g.add_argument("--objectives", type=_list, default=["accuracy"],
                    help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency")
-    g.add_argument("--space", type=_list, default=list(SEARCHABLE_BLOCKS),
-                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)}")
+    g.add_argument("--space", type=_list, default=list(DEFAULT_BLOCKS),
+                   help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)} "
+                        f"(default: {','.join(DEFAULT_BLOCKS)})")
     g.add_argument("--max-stages", type=int, default=4, help="most stages a network may have")
     g.add_argument("--rho", type=_floats, default=list(SearchSpace().rho),
                    help="resolution multipliers the search may choose (input side = round(native px * rho))")
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.pgpass rather than the URL, which other users can see in the process list; it is "
                         "masked in every message and file), sqlite:///PATH, or a journal file PATH (default: "
                         "OUT/STUDY/study.db, which optuna-dashboard opens)")
+    g.add_argument("--storage-timeout", type=_quantity, default=SearchConfig.storage_timeout,
+                   help="seconds the study's database may stay unreachable (a server restart or failover, SQLite "
+                        "locked beyond its busy timeout) before a worker gives up; meanwhile storage calls are "
+                        "retried with exponential backoff and the running trial keeps training")
     g.add_argument("--study-name", default=None, help="study name and folder under --out (default: dataset-budget-time)")
     g.add_argument("--n-workers", type=int, default=1,
                    help="worker processes on this machine sharing the study (each gets its own GPU with "
@@ -120,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm)
+        confirm=args.confirm, storage_timeout=args.storage_timeout)
 
 
 def summary_table(result: dict) -> str:
@@ -160,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sigint_once()  # the first Ctrl-C stops the search; more presses cannot cut short the recording of its trial
-    run_cli(main, prog="python -m search.run")
+    run_cli(main, prog="python -m search.run", resume_hint=", rerun with --resume to continue")

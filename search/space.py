@@ -7,6 +7,7 @@ until the network fits the MFLOPs and parameter budgets, so no trial is spent on
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -14,9 +15,13 @@ import optuna
 
 from archs import Cost, HeadSpec, NetSpec, StageSpec, StemSpec, estimate
 from archs.errors import SpecError, UserError
+from archs.registry import default_space, get_kind, kinds, searchable
 from archs.units import format_quantity
 
-SEARCHABLE_BLOCKS = ("conv", "dws", "ir", "fire", "lowrank")
+#: Block kinds the search can sample (`--space`), and those it samples by default: both from the registry.
+#: The default space is the one the README's measured figures were made with; newer kinds are opt-in.
+SEARCHABLE_BLOCKS = searchable()
+DEFAULT_BLOCKS = default_space()
 
 
 @dataclass
@@ -61,7 +66,7 @@ class Budget:
 class SearchSpace:
     """What the sampler may choose. Defaults suit small images (8-32 px); every range is editable."""
 
-    blocks: tuple[str, ...] = SEARCHABLE_BLOCKS
+    blocks: tuple[str, ...] = DEFAULT_BLOCKS
     max_stages: int = 4
     max_repeats: int = 3
     channels: tuple[int, int] = (8, 128)        # per-stage channels before alpha, log-uniform
@@ -85,7 +90,7 @@ class SearchSpace:
     min_feature: int = 2                        # do not downsample below this side length
 
     def validate(self) -> "SearchSpace":
-        bad = [b for b in self.blocks if b not in SEARCHABLE_BLOCKS]
+        bad = [b for b in self.blocks if b not in SEARCHABLE_BLOCKS]  # unknown or not searchable
         if bad or not self.blocks:
             raise UserError(f"--space: unknown block type(s) {', '.join(bad) or '(none given)'}; "
                             f"choose from {', '.join(SEARCHABLE_BLOCKS)}")
@@ -137,17 +142,9 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
                 stride = 2
             else:  # 3x3/2 max pool (padding 1) before the block: ceil(size / 2) like a stride-2 conv
                 stages.append(StageSpec("maxpool", kernel=3, stride=2, args={"padding": 1}))
-        kernel = 3 if block == "fire" else trial.suggest_categorical(p + "kernel", list(space.kernels))
-        args: dict[str, Any] = {}
-        if block == "ir":
-            args["expand"] = trial.suggest_categorical(p + "expand", list(space.expand))
-            args["se"] = trial.suggest_categorical(p + "se", list(space.se))
-        elif block == "fire":
-            args["squeeze_ratio"] = trial.suggest_categorical(p + "squeeze_ratio", list(space.squeeze_ratio))
-            args["pct3x3"] = trial.suggest_categorical(p + "pct3x3", list(space.pct3x3))
-            args["bypass"] = trial.suggest_categorical(p + "bypass", [False, True])
-        elif block == "lowrank":
-            args["rank_ratio"] = trial.suggest_categorical(p + "rank_ratio", list(space.rank_ratio))
+        kind = get_kind(block, f"--space {block}")
+        kernel = kind.kernel or trial.suggest_categorical(p + "kernel", list(space.kernels))
+        args = kind.sample_args(trial, p, space)
         stages.append(StageSpec(block, ch, repeats, stride, kernel, args))
     head = trial.suggest_categorical("head", list(space.heads))
     if head == "maxpool+flatten":  # LeNet's ending: halve the map, then flatten it into the classifier
@@ -215,9 +212,8 @@ def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cos
     best: tuple[NetSpec, Cost] | None = None
     rho = min(space.rho)
     for block in space.blocks:
-        args = {"ir": {"expand": min(space.expand), "se": 0.0},
-                "fire": {"squeeze_ratio": min(space.squeeze_ratio), "pct3x3": 0.5},
-                "lowrank": {"rank_ratio": min(space.rank_ratio)}}.get(block, {})
+        kind = get_kind(block, f"--space {block}")
+        args = kind.smallest(space) if kind.smallest else {}
         size = max(1, int(round(shape.resolution * rho)))
         stem_stride = 2 if size >= 64 else 1
         stride = 2 if _stride_allowed((size + stem_stride - 1) // stem_stride, space.min_feature) else 1
@@ -225,7 +221,7 @@ def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cos
             spec = NetSpec(num_classes=shape.num_classes, in_chans=shape.in_chans, resolution=shape.resolution,
                            rho=rho, alpha=space.alpha_min, divisor=space.divisor,
                            stem=StemSpec(min(space.stem_channels), 3, stem_stride),
-                           stages=[StageSpec(block, space.channels[0], 1, stride, 3 if block == "fire" else k, args)],
+                           stages=[StageSpec(block, space.channels[0], 1, stride, kind.kernel or k, args)],
                            head=HeadSpec("pool"))
             try:
                 cost = estimate(spec)
@@ -257,27 +253,27 @@ def check_feasible(space: SearchSpace, shape: DataShape, budget: Budget) -> tupl
 def _stage(i: int, block: str, channels: int, down: str, kernel: int = 3, **args: Any) -> dict[str, Any]:
     p = f"s{i}_"
     params: dict[str, Any] = {p + "block": block, p + "channels": channels, p + "repeats": 1, p + "downsample": down}
-    if block != "fire":
+    if not get_kind(block).kernel:
         params[p + "kernel"] = kernel
     params.update({p + k: v for k, v in args.items()})
     return params
 
 
+def _template_params(kind: str, t: dict[str, Any]) -> dict[str, Any]:
+    """A kind's classic design (stem, stages of (channels, downsample, args), head) as the space's parameters."""
+    params: dict[str, Any] = {"stem_channels": t["stem_channels"], "n_stages": len(t["stages"])}
+    for i, (channels, down, args) in enumerate(t["stages"]):
+        params.update(_stage(i, kind, channels, down, **args))
+    return {**params, "head": t["head"], "dropout": t["dropout"]}
+
+
 #: Classic compact designs in the space's own parameters (alpha = upper bound, fitted to the budget like any
-#: sample): LeNet-like conv -> pool -> conv -> pool -> flatten, MobileNetV1-like depthwise-
-#: separable, MobileNetV2-like inverted residual and SqueezeNet-like Fire stages with a pooled head.
-TEMPLATES: dict[str, dict[str, Any]] = {
-    "lenet-like": {"stem_channels": 8, "n_stages": 1, **_stage(0, "conv", 16, "maxpool"), "head": "maxpool+flatten",
-                   "dropout": 0.0},
-    "mobilenet-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "dws", 32, "stride"),
-                       **_stage(1, "dws", 64, "stride"), "head": "pool", "dropout": 0.0},
-    "mobilenetv2-like": {"stem_channels": 16, "n_stages": 2, **_stage(0, "ir", 24, "stride", expand=4, se=0.0),
-                         **_stage(1, "ir", 32, "stride", expand=4, se=0.0), "head": "pool", "dropout": 0.0},
-    "squeezenet-like": {"stem_channels": 16, "n_stages": 2,
-                        **_stage(0, "fire", 32, "maxpool", squeeze_ratio=0.25, pct3x3=0.5, bypass=False),
-                        **_stage(1, "fire", 64, "maxpool", squeeze_ratio=0.25, pct3x3=0.5, bypass=False),
-                        "head": "pool", "dropout": 0.0},
-}
+#: sample), each declared by its block kind's record: LeNet-like conv -> pool -> conv -> pool -> flatten,
+#: MobileNetV1-like depthwise-separable, MobileNetV2-like inverted residual and SqueezeNet-like Fire stages with a
+#: pooled head, and so on for the newer kinds, in catalog order.
+TEMPLATES: dict[str, dict[str, Any]] = {name: _template_params(k.name, t) for k in kinds().values()
+                                        for name, t in k.templates.items()}
+_STAGE_KEY = re.compile(r"^s(\d+)_(.+)$")
 
 
 def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
@@ -288,9 +284,7 @@ def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     are the centres of their ranges. Designs using a block, value or depth outside the space are left out.
     """
     choices: dict[str, tuple] = {"stem_channels": space.stem_channels, "kernel": space.kernels,
-                                 "expand": space.expand, "se": space.se, "squeeze_ratio": space.squeeze_ratio,
-                                 "pct3x3": space.pct3x3, "downsample": space.downsample, "head": space.heads,
-                                 "dropout": space.dropout, "bypass": (False, True)}
+                                 "downsample": space.downsample, "head": space.heads, "dropout": space.dropout}
     rho = min(space.rho, key=lambda r: abs(r - 1.0))
     # a design is judged at the centre of the learning-rate and weight-decay ranges (log scale), not at a random
     # draw: a poor draw would make a good design look bad, and TPE would steer away from it
@@ -300,13 +294,17 @@ def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     for name, params in TEMPLATES.items():
         ok = params["n_stages"] <= space.max_stages
         for key, value in params.items():
-            base = key.split("_", 1)[1] if key[0] == "s" and key[1].isdigit() else key
+            m = _STAGE_KEY.match(key)
+            base = m[2] if m else key
+            arg_choices = {c.arg: c for c in get_kind(params[f"s{m[1]}_block"]).search or ()} if m else {}
             if base == "block":
                 ok &= value in space.blocks
             elif base == "channels":
                 ok &= space.channels[0] <= value <= space.channels[1]
             elif base in choices:
                 ok &= value in choices[base]
+            elif base in arg_choices:  # a block argument: one of the choices the space gives that block
+                ok &= value in arg_choices[base].options(space)
         if ok:
             out.append((name, {**params, "rho": rho, "alpha": space.alpha[1], **hp}))
     return out

@@ -13,16 +13,23 @@ Storage choice (see README, "Parallel and distributed search"):
   are detected (by process id).
 
 Heartbeat interval and grace period come from ``EDGENAS_HEARTBEAT_INTERVAL`` (s, default 10) and
-``EDGENAS_HEARTBEAT_GRACE`` (s, default 30); tests use 1-2 s / 6-8 s.
+``EDGENAS_HEARTBEAT_GRACE`` (s, default 30); tests use 1-2 s / 6-8 s. SQLite's busy timeout: 60 s
+(``EDGENAS_SQLITE_BUSY_TIMEOUT``).
+
+Every RDB storage is wrapped in `ResilientStorage`: the one place where a database outage (a server restart, a
+failover, SQLite "database is locked" beyond the busy timeout) is ridden out. See docs/reliability.md.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
 import re
 import socket
+import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -30,7 +37,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from archs.errors import UserError, mask_secrets
@@ -39,6 +48,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 10
 DEFAULT_GRACE_PERIOD = 30
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 SQLITE_BUSY_TIMEOUT_S = 60
+DEFAULT_STORAGE_TIMEOUT_S = 300.0  # how long a database may stay unreachable before a worker gives up (--storage-timeout)
 
 _QUERY_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;]+)")
 
@@ -68,6 +78,16 @@ def heartbeat_settings() -> tuple[int, int]:
     if grace <= interval:
         raise UserError(f"EDGENAS_HEARTBEAT_GRACE ({grace} s) must exceed EDGENAS_HEARTBEAT_INTERVAL ({interval} s)")
     return interval, grace
+
+
+def sqlite_busy_timeout() -> float:
+    """SQLite's busy timeout (s): EDGENAS_SQLITE_BUSY_TIMEOUT (tests make it short) or 60. A lock held longer than
+    this is an outage that `ResilientStorage` rides out like any other."""
+    raw = os.environ.get("EDGENAS_SQLITE_BUSY_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw and float(raw) > 0 else float(SQLITE_BUSY_TIMEOUT_S)
+    except ValueError:
+        raise UserError(f"EDGENAS_SQLITE_BUSY_TIMEOUT must be seconds, got {raw!r}") from None
 
 
 # ----- who runs a trial -------------------------------------------------------------------------------------------
@@ -164,6 +184,272 @@ class RetryLostTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                                             system_attrs=system_attrs))
 
 
+# ----- riding out database outages --------------------------------------------------------------------------------
+class StorageUnavailable(Exception):
+    """The database cannot be reached right now (raised only inside `fail_fast()`; elsewhere calls wait)."""
+
+
+class StorageGaveUp(UserError):
+    """The database stayed unreachable for longer than --storage-timeout."""
+
+
+_NOT_TRANSIENT = ("password authentication failed", "authentication failed", "does not exist", "no such table",
+                  "disk is full", "disk i/o error", "readonly database", "read-only", "permission denied",
+                  "no pg_hba.conf entry", "unable to open database file")
+_TRANSIENT = ("database is locked", "connection refused", "could not connect", "server closed the connection",
+              "terminating connection", "connection reset", "connection timed out", "timeout expired",
+              "the database system is starting up", "the database system is shutting down",
+              "the database system is in recovery mode", "connection is closed", "ssl syscall error", "broken pipe",
+              "connection to server", "consuming input failed", "lost connection", "gone away", "no route to host",
+              "name or service not known", "temporary failure in name resolution", "cannot operate on a closed")
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack += [getattr(x, "orig", None), x.__cause__, x.__context__]
+
+
+def is_transient(e: BaseException) -> bool:
+    """A database error that goes away by itself: the server is down, restarting or unreachable, or (SQLite) the
+    database is locked beyond the busy timeout. A full disk, a wrong password or a missing database are not."""
+    try:
+        from sqlalchemy import exc as sa_exc
+    except ImportError:  # pragma: no cover - sqlalchemy comes with optuna
+        return False
+    transient = False
+    for x in _chain(e):
+        text = str(x).lower()
+        if any(s in text for s in _NOT_TRANSIENT):
+            return False
+        if isinstance(x, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                          sa_exc.TimeoutError)) or any(s in text for s in _TRANSIENT):
+            transient = True
+    return transient
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """Storage calls in this block raise `StorageUnavailable` at once during an outage instead of waiting for the
+    database: the objective keeps training and only skips the pruning check of that epoch."""
+    before = getattr(_LOCAL, "fail_fast", False)
+    _LOCAL.fail_fast = True
+    try:
+        yield
+    finally:
+        _LOCAL.fail_fast = before
+
+
+#: trial writes that may be written later: a trial keeps training while they wait for the database
+_DEFERRABLE = ("set_trial_user_attr", "set_trial_system_attr", "set_trial_intermediate_value")
+_PROBE_S = 2.0  # during an outage, deferred writes and fail-fast reads try the database at most this often
+_MAX_BACKOFF_S = 4.0  # longest wait between two tries: a database that is back is found within seconds
+
+
+class ResilientStorage(BaseStorage, BaseHeartbeat):
+    """An Optuna storage that rides out database outages; every storage call of edgenas goes through it.
+
+    - A transient error (see `is_transient`) is retried with exponential backoff (0.5 s doubling to 4 s) until
+      the database has been unreachable for `timeout_s`; then `StorageGaveUp`, a one-line UserError.
+    - Attribute and intermediate-value writes of a trial do not wait: they are kept, in order, and written before
+      the next call that reaches the database (at the latest before the trial's result). Heartbeats are dropped.
+    - One stderr line when the database becomes unreachable and one when it is back (`announce`).
+    - `outage_ended`: monotonic time the last outage this process saw ended; heartbeats of other workers could
+      not arrive meanwhile, so stale-heartbeat sweeps wait a grace period after it (search.workers).
+    """
+
+    def __init__(self, backend: BaseStorage, url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+                 announce: bool = True):
+        self._backend, self.url, self.timeout_s, self.announce = backend, url, float(timeout_s), announce
+        self._pending: list[tuple[str, tuple]] = []
+        self._lock = threading.RLock()
+        self.down_since: float | None = None
+        self.outage_ended: float | None = None
+        self._last_try = 0.0
+        self.outages = 0
+
+    # --- state of the connection ---
+    def _say(self, text: str) -> None:
+        if self.announce:
+            print(f"edgenas: storage {mask(self.url)}: {text}", file=sys.stderr, flush=True)
+
+    def _failed(self, e: BaseException) -> None:
+        with self._lock:
+            self._last_try = time.monotonic()
+            if self.down_since is None:
+                self.down_since = self._last_try
+                self.outages += 1
+                self._say(f"unreachable ({_first_line(e)}); retrying for up to {self.timeout_s:g} s "
+                          "(--storage-timeout), training goes on")
+
+    def _reached(self) -> None:
+        if self.down_since is None:
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            seconds = time.monotonic() - self.down_since
+            self.down_since, self.outage_ended = None, time.monotonic()
+        self._say(f"reachable again after {seconds:.1f} s")
+
+    def in_outage_window(self, grace_s: float) -> bool:
+        """The database is unreachable now, or was less than `grace_s` seconds ago."""
+        if self.down_since is not None:
+            return True
+        return self.outage_ended is not None and time.monotonic() - self.outage_ended < grace_s
+
+    def _probe_due(self) -> bool:
+        return self.down_since is None or time.monotonic() - self._last_try >= _PROBE_S
+
+    # --- calls ---
+    def _flush(self) -> None:
+        """Write the deferred trial writes, oldest first (raises on the first transient error)."""
+        with self._lock:
+            while self._pending:
+                name, args = self._pending[0]
+                try:
+                    getattr(self._backend, name)(*args)
+                except UpdateFinishedTrialError:
+                    pass  # the trial was finished meanwhile (failed by another worker): nothing to add to it
+                self._pending.pop(0)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: getattr(self._backend, name)(*args, **kwargs),
+                           (args, kwargs) if name == "set_trial_state_values" else None)
+
+    def run(self, fn: Any) -> Any:
+        """Call `fn()` (which talks to the same database, e.g. a lock) with the retries of a storage call."""
+        return self._retry(fn, None)
+
+    def _retry(self, fn: Any, state_call: tuple | None) -> Any:
+        delay, retried = 0.5, False
+        while True:
+            if getattr(_LOCAL, "fail_fast", False) and not self._probe_due():
+                raise StorageUnavailable(f"storage {mask(self.url)} is unreachable")
+            try:
+                self._flush()
+                result = fn()
+            except UpdateFinishedTrialError:
+                if retried and state_call is not None and self._state_is(*state_call):
+                    return True  # the attempt that seemed to fail had been committed
+                raise
+            except Exception as e:  # noqa: BLE001 - sorted by is_transient, the rest raised unchanged
+                if not is_transient(e):
+                    self._raise_disk_full(e)
+                    raise
+                self._failed(e)
+                if getattr(_LOCAL, "fail_fast", False):
+                    raise StorageUnavailable(f"storage {mask(self.url)} is unreachable") from None
+                assert self.down_since is not None
+                left = self.timeout_s - (time.monotonic() - self.down_since)
+                if left <= 0:
+                    raise StorageGaveUp(f"storage {mask(self.url)} unreachable for {self.timeout_s:g} s "
+                                        f"(--storage-timeout): {_first_line(e)}; rerun with --resume once it is "
+                                        "back") from None
+                time.sleep(min(delay * (0.75 + random.random() / 2), left))
+                delay, retried = min(2 * delay, _MAX_BACKOFF_S), True
+                continue
+            self._reached()
+            return result
+
+    def _raise_disk_full(self, e: BaseException) -> None:
+        """A database on a full disk (SQLite: "database or disk is full") is the OSError it is, naming the file."""
+        if any("disk is full" in str(x).lower() or "no space left" in str(x).lower() for x in _chain(e)):
+            rdb = rdb_of(self)
+            where = (rdb.engine.url.database if rdb is not None and rdb.engine.name == "sqlite" else None) \
+                or mask(self.url)
+            raise OSError(errno.ENOSPC, "No space left on device (the study's database cannot grow)", where) from None
+
+    def _state_is(self, args: tuple, kwargs: dict) -> bool:
+        trial_id = args[0] if args else kwargs.get("trial_id")
+        state = args[1] if len(args) > 1 else kwargs.get("state")
+        with contextlib.suppress(Exception):
+            return self._backend.get_trial(trial_id).state == state
+        return False
+
+    def _deferrable(self, name: str, *args: Any) -> None:
+        if self.down_since is not None and not self._probe_due():
+            with self._lock:
+                self._pending.append((name, args))
+            return
+        try:
+            self._flush()
+            getattr(self._backend, name)(*args)
+        except Exception as e:  # noqa: BLE001
+            if not is_transient(e):
+                self._raise_disk_full(e)
+                raise
+            self._failed(e)
+            with self._lock:
+                self._pending.append((name, args))
+            return
+        self._reached()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if not self._probe_due():
+            return
+        try:
+            self._flush()
+            self._backend.record_heartbeat(trial_id)
+        except Exception as e:  # noqa: BLE001
+            if not is_transient(e):
+                raise
+            self._failed(e)
+            return
+        self._reached()
+
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    def remove_session(self) -> None:
+        self._backend.remove_session()
+
+    # plain delegation for what is not a storage call (engine, url, caches of the backend)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_backend":
+            raise AttributeError(name)
+        return getattr(self._backend, name)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._backend.get_heartbeat_interval() if isinstance(self._backend, BaseHeartbeat) else None
+
+    def get_heartbeat_stale_trial_callback(self):  # noqa: ANN201
+        return self._backend.get_heartbeat_stale_trial_callback()
+
+
+def _retried(name: str):  # noqa: ANN202
+    def method(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+def _deferred(name: str):  # noqa: ANN202
+    def method(self: ResilientStorage, *args: Any) -> None:
+        self._deferrable(name, *args)
+    method.__name__ = name
+    return method
+
+
+for _name in (*BaseStorage.__abstractmethods__, "get_trial_id_from_study_id_trial_number", "get_n_trials",
+              "get_best_trial", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
+              "get_trial_number_from_id", "get_trial_param", "check_trial_is_updatable", "_get_stale_trial_ids"):
+    if _name not in _DEFERRABLE:
+        setattr(ResilientStorage, _name, _retried(_name))
+for _name in _DEFERRABLE:
+    setattr(ResilientStorage, _name, _deferred(_name))
+ResilientStorage.__abstractmethods__ = frozenset()
+
+
 # ----- opening storages -------------------------------------------------------------------------------------------
 def _tune_sqlite(storage: optuna.storages.RDBStorage) -> None:
     """WAL + busy timeout + BEGIN IMMEDIATE on every connection of the storage's engine."""
@@ -175,7 +461,7 @@ def _tune_sqlite(storage: optuna.storages.RDBStorage) -> None:
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout() * 1000)}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -191,10 +477,14 @@ def is_journal(url: str) -> bool:
     return "://" not in url
 
 
-def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
-    """Optuna storage for a URL (sqlite/postgresql/mysql: RDB with heartbeats) or a journal file path.
+def open_storage(url: str, heartbeat: bool = True, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+                 announce: bool = True, wait_s: float = 0.0) -> BaseStorage:
+    """Optuna storage for a URL (sqlite/postgresql/mysql: RDB with heartbeats, in a `ResilientStorage` that rides
+    out outages of up to `timeout_s` seconds) or a journal file path.
 
-    Connection or authentication problems become a UserError whose message never shows the password.
+    Connection or authentication problems at opening become a UserError whose message never shows the password;
+    an unreachable server is waited for `wait_s` seconds first (workers joining a study that exists: a new
+    command with a wrong host or port should hear so at once).
     Several workers opening a fresh database at the same moment race to create Optuna's tables; that is retried.
     """
     if is_journal(url):
@@ -213,23 +503,35 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
     sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {}
     if sqlite:
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        engine_kwargs["connect_args"] = {"timeout": sqlite_busy_timeout()}
     else:
         engine_kwargs["pool_pre_ping"] = True
         if url.startswith("postgres"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     last: Exception | None = None
-    for attempt in range(5):
+    races, start, said = 0, time.monotonic(), False
+    while True:
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
             if sqlite:
                 _tune_sqlite(storage)
-            return storage
+            from optuna.storages._cached_storage import _CachedStorage
+
+            return ResilientStorage(_CachedStorage(storage), url, timeout_s, announce)
         except Exception as e:  # noqa: BLE001 - driver/connection errors of any kind are a user-facing problem
             last = e
-            if not _creation_race(e):
-                break
-            time.sleep(0.2 + random.random())
+            if _creation_race(e) and races < 5:
+                races += 1
+                time.sleep(0.2 + random.random())
+                continue
+            if wait_s > 0 and is_transient(e) and time.monotonic() - start < wait_s:
+                if announce and not said:
+                    print(f"edgenas: storage {mask(url)}: unreachable ({_first_line(e)}); retrying for up to "
+                          f"{wait_s:g} s (--storage-timeout)", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(1.0 + random.random())
+                continue
+            break
     assert last is not None
     raise UserError(f"cannot open storage {mask(url)}: {_first_line(last)}") from None
 
@@ -252,14 +554,23 @@ def _first_line(e: BaseException) -> str:
     return mask(line)[:300]
 
 
+def _innermost(storage: BaseStorage) -> BaseStorage:
+    while not isinstance(storage, optuna.storages.RDBStorage) and getattr(storage, "_backend", None) is not None:
+        storage = storage._backend
+    return storage
+
+
 def url_of(storage: BaseStorage) -> str | None:
-    inner = getattr(storage, "_backend", storage)
-    return getattr(inner, "url", None)
+    return getattr(_innermost(storage), "url", None)
 
 
 def rdb_of(storage: BaseStorage) -> optuna.storages.RDBStorage | None:
-    inner = getattr(storage, "_backend", storage)
+    inner = _innermost(storage)
     return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+def resilient_of(storage: BaseStorage) -> "ResilientStorage | None":
+    return storage if isinstance(storage, ResilientStorage) else None
 
 
 def heartbeat_enabled(storage: BaseStorage) -> bool:
@@ -324,9 +635,26 @@ class StudyLock:
 
             rdb = rdb_of(self.storage)
             assert rdb is not None
-            with rdb.engine.connect() as conn:
-                with conn.begin():
+
+            def acquire() -> tuple[Any, Any]:
+                conn = rdb.engine.connect()
+                try:
+                    trans = conn.begin()
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
-                    yield
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    raise
+                return conn, trans
+
+            res = resilient_of(self.storage)
+            conn, trans = res.run(acquire) if res is not None else acquire()
+            try:
+                yield
+            finally:  # a connection the server dropped meanwhile has released the lock with it
+                with contextlib.suppress(Exception):
+                    trans.commit()
+                with contextlib.suppress(Exception):
+                    conn.close()
         else:
             yield

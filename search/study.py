@@ -1,12 +1,13 @@
 """Study orchestration: storage, sampler, pruner, the trial loop with progress, and retraining of the winners."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import sys
 import time
 import warnings
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
 from .confirm import CONFIRMS, enqueue_confirmation, rank_candidates
-from .objective import Objective, TrialFailed
+from .objective import LATENCY_MARGIN, Objective, TrialFailed, latency_fit_target
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
-from .storage import StudyLock, WorkerId, file_lock, mask, open_storage  # noqa: F401 (open_storage: re-export)
-from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, claim_winners, describe_exit,
-                      check_interrupt, finished_count, interrupt_seen, is_counted, sigint_once, worker_device)
+from .storage import (DEFAULT_STORAGE_TIMEOUT_S, StudyLock, WorkerId, file_lock, mask,  # noqa: F401 (re-export)
+                      open_storage)
+from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, check_interrupt, claim_winners,
+                      describe_exit, die_with_parent, finished_count, interrupt_seen, is_counted, sigint_once,
+                      stop_exit_code, worker_device)
 
 OBJECTIVES = ("accuracy", "mflops", "params", "latency")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -77,6 +80,7 @@ class SearchConfig:
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
     label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
     confirm: float = 0.2               # share of --trials re-training the leaders with new seeds (search.confirm)
+    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S  # s a database may stay unreachable before a worker gives up
 
     @property
     def budget(self) -> Budget:
@@ -97,6 +101,9 @@ class SearchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise UserError(f"--timeout must be positive seconds, got {self.timeout!r}")
+        st = self.storage_timeout
+        if isinstance(st, bool) or not isinstance(st, (int, float)) or not 0 < st < float("inf"):
+            raise UserError(f"--storage-timeout must be positive seconds, got {st!r}")
         if self.sampler not in ("tpe", "nsga2", "random"):
             raise UserError(f"--sampler must be tpe, nsga2 or random, got {self.sampler!r}")
         if self.augment not in ("auto", *AUGMENTS):
@@ -174,17 +181,82 @@ def storage_url(cfg: SearchConfig) -> str:
     return cfg.storage or f"sqlite:///{(study_dir(cfg) / 'study.db').resolve()}"
 
 
-def sampler_seed(cfg: SearchConfig, worker: WorkerId | None) -> int:
-    """--seed for a lone worker; workers sharing a study draw different samples: --seed + worker index for
-    --n-workers, --seed plus a number drawn from the worker's random token for separately started workers."""
-    if worker is not None and worker.index is not None:
-        return cfg.seed + worker.index
-    if cfg.storage and worker is not None:
-        return cfg.seed + 1 + zlib.crc32(worker.token.encode()) % 1_000_000
-    return cfg.seed
+def sampler_seed(cfg: SearchConfig, ordinal: int) -> int:
+    """The sampler seed of the study's `ordinal`-th sampling process (numbered by the storage, `register_worker`):
+    --seed for the first, so a lone seeded worker samples exactly what it always did; --seed + ordinal for the
+    later ones (workers started together or one after another, --n-workers processes, a --resume), so that no two
+    workers of a study draw the same samples (every worker of a study has the same --seed: study_settings)."""
+    return cfg.seed + ordinal
 
 
-def open_study(cfg: SearchConfig, joining: bool = False, worker: WorkerId | None = None) -> optuna.Study:
+#: SearchConfig fields that define what a study measures: every worker and every --resume must agree on them
+#: (the data split, the trials' initial weights and the confirmation seeds follow --seed, so it is one of them).
+#: The others (--trials, --confirm, --timeout, --final-epochs, --top-k, --n-workers, --threads, --device, --out,
+#: --quiet, --storage-timeout, --data-dir, --download, --no-warm-start) may differ between workers and runs.
+STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "dataset", "image_size", "objectives",
+                  "space", "max_stages", "rho", "epochs", "batch_size", "lr", "weight_decay", "augment",
+                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed")
+SETTINGS_ATTR = "edgenas_settings"
+WORKERS_ATTR = "edgenas_workers"
+_FLAG = {"kd_temperature": "temperature"}
+
+
+def study_settings(cfg: SearchConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    return {k: d[k] for k in STUDY_SETTINGS}
+
+
+def _show(key: str, v: Any) -> str:
+    if isinstance(v, list):
+        v = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    elif isinstance(v, float):
+        v = f"{v:g}"
+    return f"--{_FLAG.get(key, key.replace('_', '-'))} {v}"
+
+
+def check_settings(study: optuna.Study, cfg: SearchConfig, lock: StudyLock, legacy: Path | None) -> None:
+    """Refuse to add trials to a study made with other settings (one line naming every difference); the first
+    process of a study records its settings in the storage, so this holds for workers on any machine.
+
+    `legacy`: the config.json of a study made before its settings were recorded in the storage.
+    """
+    mine = study_settings(cfg)
+    with lock():
+        theirs = study.user_attrs.get(SETTINGS_ATTR)
+        if theirs is None and legacy is not None and legacy.is_file():
+            from .results import read_config
+
+            with contextlib.suppress(ValueError, OSError):
+                old = read_config(legacy)
+                theirs = {k: old[k] for k in STUDY_SETTINGS if k in old} or None
+        if theirs is None:
+            study.set_user_attr(SETTINGS_ATTR, mine)
+            return
+    diff = [k for k in STUDY_SETTINGS if k in theirs and _norm(theirs[k]) != _norm(mine[k])]
+    if diff:
+        what = ", ".join(f"{_show(k, theirs[k])} (now {_show(k, mine[k]).split(' ', 1)[1]})" for k in diff)
+        raise UserError(f"study {cfg.study_name!r} was made with other settings: {what}; rerun with the study's "
+                        "settings (see its config.json), or start a new study with another --study-name")
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return v
+
+
+def register_worker(study: optuna.Study, lock: StudyLock) -> int:
+    """A number unique among the study's sampling processes, handed out by the storage under the study lock:
+    0 for the first process that samples, then 1, 2, ... (see `sampler_seed`)."""
+    with lock():
+        n = int(study.user_attrs.get(WORKERS_ATTR, 0))
+        study.set_user_attr(WORKERS_ATTR, n + 1)
+    return n
+
+
+def open_study(cfg: SearchConfig, joining: bool = False) -> optuna.Study:
     """Create the study (or load it with --resume); refuse to silently reuse an existing study folder.
 
     A shared --storage is opened before anything is written locally, so an unreachable server or a wrong password
@@ -200,7 +272,8 @@ def open_study(cfg: SearchConfig, joining: bool = False, worker: WorkerId | None
         if cfg.resume and not shared and not existing:
             raise UserError(f"nothing to resume: {d} has no study (run without --resume first)")
     if shared:
-        storage = open_storage(cfg.storage)
+        storage = open_storage(cfg.storage, timeout_s=cfg.storage_timeout, announce=not joining,
+                               wait_s=cfg.storage_timeout if joining else 0.0)
         if cfg.resume or joining:
             try:
                 storage.get_study_id_from_name(cfg.study_name)
@@ -208,18 +281,22 @@ def open_study(cfg: SearchConfig, joining: bool = False, worker: WorkerId | None
                 raise UserError(f"nothing to resume: study {cfg.study_name!r} is not in {mask(cfg.storage)}") from None
     else:
         d.mkdir(parents=True, exist_ok=True)
-        storage = open_storage(storage_url(cfg))
+        storage = open_storage(storage_url(cfg), timeout_s=cfg.storage_timeout, announce=not joining,
+                               wait_s=cfg.storage_timeout if joining else 0.0)
     directions = ["maximize"] + (["minimize"] if cfg.multi else [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=directions,
-                                    sampler=make_sampler(cfg.sampler, sampler_seed(cfg, worker), cfg.multi, cfg.trials),
+                                    sampler=make_sampler(cfg.sampler, cfg.seed, cfg.multi, cfg.trials),
                                     pruner=make_pruner(cfg.pruner, cfg.epochs), load_if_exists=True)
     except ValueError as e:
         raise UserError(f"study {cfg.study_name!r}: {mask(e)}") from None
     if len(study.directions) != len(directions):
         raise UserError(f"study {cfg.study_name!r} exists with {len(study.directions)} objective(s); "
                         f"--objectives gives {len(directions)}")
+    # before anything is written under --out: a study made with other settings is never joined
+    check_settings(study, cfg, StudyLock(study._storage, storage_url(cfg), cfg.study_name),
+                   None if shared else d / "config.json")
     d.mkdir(parents=True, exist_ok=True)
     return study
 
@@ -293,13 +370,14 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     small_spec, _ = check_feasible(space, shape, cfg.budget)
     if cfg.budget.latency_ms is not None and not joining:
         lat = latency(build(small_spec), repeats=20)
-        if lat > cfg.budget.latency_ms:
+        if lat > latency_fit_target(cfg.budget.latency_ms):  # networks are fitted to the budget less its margin
             raise UserError(f"impossible budget (--budget-latency-ms {cfg.budget.latency_ms:g}): the smallest network "
-                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1")
+                            f"in the search space takes {lat:.3f} ms on this CPU at batch 1 (networks must fit "
+                            f"{100 * (1 - LATENCY_MARGIN):.0f} % of the budget)")
     teacher = load_teacher(cfg.distill_from, data, device) if cfg.distill_from else None
     me = WorkerId.current(worker_index)
-    study = open_study(cfg, joining=joining, worker=me)
     d = study_dir(cfg)
+    study = open_study(cfg, joining=joining)
     lock = StudyLock(study._storage, storage_url(cfg), cfg.study_name)
     if not joining and (not (d / "config.json").exists() or cfg.resume or cfg.storage):
         write_config(d / "config.json", cfg.to_dict())
@@ -314,6 +392,8 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     if cfg.n_workers > 1 and not joining:
         run_local_workers(study, cfg, d, lock, make_objective)
     else:
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg, register_worker(study, lock)), cfg.multi,
+                                     cfg.trials)
         run_trials(study, make_objective(), cfg, d, lock=lock, worker=me)
     if worker or joining:
         return {"study": cfg.study_name, "dir": str(d)}
@@ -399,7 +479,7 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
 
     start = time.monotonic()
     child = asdict(replace(cfg, n_workers=1, quiet=True, resume=True))
-    pool = LocalWorkers(_worker_process, (child, cfg.n_workers), cfg.n_workers)
+    pool = LocalWorkers(_worker_process, (child, cfg.n_workers, os.getpid()), cfg.n_workers)
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     bar = progress(total=cfg.trials, initial=min(finished_count(study), cfg.trials), unit="trial", dynamic_ncols=True,
                desc=f"search {cfg.study_name} ({cfg.n_workers} workers)", disable=cfg.quiet)
@@ -440,7 +520,7 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
     if err:
         raise UserError(err)
     codes = pool.exit_codes()
-    if any(c == 130 for c in codes):
+    if any(c in (130, 143) for c in codes):
         raise KeyboardInterrupt
     crashed = [(i, c) for i, c in enumerate(codes) if c is not None and c > 0]
     if crashed:
@@ -450,13 +530,16 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
         # every worker was killed: finish the study in this process
         from dataclasses import replace as _replace
 
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg, register_worker(study, lock)), cfg.multi,
+                                     cfg.trials)
         run_trials(study, make_objective(), _replace(cfg, timeout=remaining), d, lock=lock,
                    worker=WorkerId.current(cfg.n_workers))
 
 
-def _worker_process(cfg_dict: dict[str, Any], n_workers: int, index: int, results) -> None:
+def _worker_process(cfg_dict: dict[str, Any], n_workers: int, parent_pid: int, index: int, results) -> None:
     """Entry point of a --n-workers process (spawned): run trials of the parent's study, report how it ended."""
     sigint_once()  # Ctrl-C reaches a worker from the terminal and again from its parent: stop once
+    die_with_parent(parent_pid)  # no worker outlives its parent, however the parent ended
     try:
         run_search(SearchConfig(**cfg_dict), worker=True, worker_index=index)
         results.put((index, "ok", ""))
@@ -464,7 +547,7 @@ def _worker_process(cfg_dict: dict[str, Any], n_workers: int, index: int, result
         results.put((index, "error", mask(str(e))))
         sys.exit(2)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(stop_exit_code())
 
 
 def _best_value(study: optuna.Study) -> float | None:

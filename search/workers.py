@@ -36,10 +36,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from archs.errors import UserError
+from archs.errors import UserError, note_stop_signal, stopped_by_sigterm
 
 from .storage import (MAX_RETRY, RetryLostTrial, StudyLock, WorkerId, _LIVE_TOKENS, heartbeat_enabled,
-                      heartbeat_settings, mask, worker_dead)
+                      heartbeat_settings, mask, resilient_of, worker_dead)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send: both stop a worker the same way
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 UNCLAIMED_SLACK_S = 60  # clocks of different machines may disagree by this much (trial start times are local)
@@ -70,15 +72,18 @@ def sweep_lost_trials(study: optuna.Study, log: Callable[[str], None] | None = N
     lost: dict[int, tuple[FrozenTrial, str]] = {}
     _, grace = heartbeat_settings()
     now = datetime.datetime.now()
+    # right after a database outage nobody's heartbeats or records could arrive: judge only dead processes here
+    res = resilient_of(storage)
+    outage = res is not None and res.in_outage_window(grace)
     for t in running:
         info = t.user_attrs.get("worker")
         if worker_dead(info):
             lost[t._trial_id] = (t, f"worker lost: process {info['pid']} on {info['host']} died")
-        elif info is None and t.datetime_start is not None \
+        elif info is None and not outage and t.datetime_start is not None \
                 and (now - t.datetime_start).total_seconds() > 2 * grace + UNCLAIMED_SLACK_S:
             # asked, but its worker died before recording itself (or a first heartbeat): nobody will finish it
             lost[t._trial_id] = (t, "worker lost: died right after asking for the trial")
-    if heartbeat_enabled(storage):
+    if heartbeat_enabled(storage) and not outage:
         stale = set(storage._get_stale_trial_ids(study._study_id))  # the query fail_stale_trials uses
         for t in running:
             if t._trial_id in stale and t._trial_id not in lost:
@@ -102,8 +107,9 @@ def sweep_lost_trials(study: optuna.Study, log: Callable[[str], None] | None = N
         numbers.append(frozen.number)
         if log:
             log(f"trial {frozen.number:>3} fail     {frozen.user_attrs.get('fail_reason')} (re-queued)")
-    with warnings_off():
-        optuna.storages.fail_stale_trials(study)  # Optuna's own sweep: nothing left for it normally
+    if not outage:
+        with warnings_off():
+            optuna.storages.fail_stale_trials(study)  # Optuna's own sweep: nothing left for it normally
     return numbers
 
 
@@ -276,62 +282,97 @@ class TrialLoop:
 
 
 class SigintDeferral:
-    """Holds back Ctrl-C (SIGINT) between `defer()` and `release()`.
+    """Holds back Ctrl-C (SIGINT) and SIGTERM between `defer()` and `release()`.
 
-    `release()` puts the previous handler back and, if a SIGINT came meanwhile, hands it to that handler (Python's
-    default raises KeyboardInterrupt; `sigint_once` also ignores later ones); `release(raise_pending=False)` drops
-    it. Only the main thread receives signals: elsewhere, and while SIGINT is ignored, this does nothing.
+    `release()` puts the previous handlers back and, if a stop signal came meanwhile, hands it to its handler
+    (Python's default raises KeyboardInterrupt; `sigint_once` also ignores later ones); `release(raise_pending=False)`
+    drops it. Only the main thread receives signals: elsewhere, and for a signal that is ignored, this does nothing.
     """
 
     def __init__(self) -> None:
-        self.pending = False
-        self._saved: Any = None
+        self.pending: int | None = None
+        self._saved: dict[int, Any] = {}
         self._active = False
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.pending = True
+        if self.pending is None:
+            self.pending = signum
 
     def defer(self) -> "SigintDeferral":
         if self._active or threading.current_thread() is not threading.main_thread():
             return self
-        current = signal.getsignal(signal.SIGINT)
-        if current is signal.SIG_IGN or current is None or (_SIGINT["requested"] and _SIGINT["seen"]):
-            return self  # nothing to hold back: ignored, or already stopping (sigint_once ignores more presses)
-        self._saved = current
-        signal.signal(signal.SIGINT, self._handler)
-        self._active = True
+        if _SIGINT["requested"] and _SIGINT["seen"]:
+            return self  # already stopping (sigint_once ignores more signals)
+        for sig in STOP_SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN or current is None or (sig == signal.SIGTERM and current is signal.SIG_DFL):
+                continue  # ignored, or SIGTERM still kills at once (nothing would record the trial anyway)
+            self._saved[sig] = current
+            signal.signal(sig, self._handler)
+        self._active = bool(self._saved)
         return self
 
     def release(self, raise_pending: bool = True) -> None:
-        saved = self._saved
+        saved = dict(self._saved)
         if self._active:
-            signal.signal(signal.SIGINT, saved)
-            self._active, self._saved = False, None
-        if self.pending:
-            self.pending = False
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            self._active, self._saved = False, {}
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
             if raise_pending:
-                if callable(saved):
-                    saved(signal.SIGINT, None)
+                handler = saved.get(signum)
+                if callable(handler):
+                    handler(signum, None)
                 raise KeyboardInterrupt
 
 
-_SIGINT = {"requested": False, "seen": False}  # the Ctrl-C sigint_once took, and whether our code saw it
+_SIGINT = {"requested": False, "seen": False}  # the stop signal sigint_once took, and whether our code saw it
 
 
 def sigint_once() -> None:
-    """The first Ctrl-C raises KeyboardInterrupt, later ones are ignored: a CLI process that is already stopping
-    finishes recording its trial and tables (and a worker process is stopped once, though both the terminal and
-    its parent send SIGINT)."""
+    """The first Ctrl-C or SIGTERM raises KeyboardInterrupt, later ones are ignored: a CLI process that is already
+    stopping finishes recording its trial and tables (and a worker process is stopped once, though both the
+    terminal and its parent send SIGINT). SIGTERM behaves exactly like Ctrl-C (the exit code says which it was)."""
     def handler(signum: int, frame: Any) -> None:
         if _SIGINT["requested"]:
             return
         _SIGINT["requested"] = True
+        note_stop_signal(signum)
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
         sys.unraisablehook = _unraisable
+
+
+def stop_exit_code() -> int:
+    """Exit code of a process stopped by a stop signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if stopped_by_sigterm() else 130
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A worker process stops (SIGTERM: its trial is recorded as interrupted) when its parent dies, however the
+    parent died, SIGKILL included: Linux's PR_SET_PDEATHSIG, and a watchdog thread comparing the parent's pid
+    (other systems, and a parent gone before the prctl call)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import ctypes.util
+
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _unraisable(unraisable: Any) -> None:
@@ -482,7 +523,8 @@ class LocalWorkers:
         poll()
 
     def interrupt(self, timeout_s: float = 60.0) -> None:
-        """SIGINT every live worker (each records its trial as interrupted), then wait; terminate stragglers."""
+        """SIGINT every live worker (each records its trial as interrupted), then wait; terminate stragglers (their
+        SIGTERM records the trial the same way)."""
         time.sleep(0.2)
         for p in self.procs:
             if p.is_alive() and p.pid is not None:
@@ -508,8 +550,9 @@ def describe_exit(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
-    return {0: "finished", 2: "stopped with an error", 130: "interrupted"}.get(code, f"exited with code {code}")
+    return {0: "finished", 2: "stopped with an error", 130: "interrupted", 143: "terminated (SIGTERM)"}.get(
+        code, f"exited with code {code}")
 
 
 __all__ = ["TrialLoop", "LoopStats", "LocalWorkers", "claim_winners", "ClaimKeeper", "finished_count", "is_counted",
-           "sweep_lost_trials", "worker_device", "describe_exit", "UserError"]
+           "sweep_lost_trials", "worker_device", "describe_exit", "die_with_parent", "stop_exit_code", "UserError"]

@@ -19,5 +19,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 settings.register_profile("dev", deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci): the same examples on every run, so a red CI is reproducible locally with
+# HYPOTHESIS_PROFILE=ci; tests that build networks set their own (smaller) max_examples.
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, max_examples=100,
+                          database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -83,3 +83,81 @@ def wait_for_running_trial(storage, study_name: str, proc: subprocess.Popen, tim
             return t
         time.sleep(0.1)
     raise AssertionError("no RUNNING trial appeared")
+
+
+def pg_bindir() -> Path | None:
+    """The PostgreSQL server binaries (initdb, pg_ctl) of this machine, or None."""
+    import shutil
+
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name, reverse=True):
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    found = shutil.which("initdb")
+    return Path(found).parent if found and shutil.which("pg_ctl") else None
+
+
+class OwnPostgres:
+    """A PostgreSQL server of our own (own data folder and port, trust auth on loopback) that a test or benchmark
+    stops and starts to produce a real database outage without disturbing the shared test server."""
+
+    def __init__(self, root: Path | None = None):
+        import socket
+        import tempfile
+
+        self.bin = pg_bindir()
+        if self.bin is None:
+            if in_ci():
+                pytest.fail("PostgreSQL server binaries missing in CI (.ci/postgres.sh installs them)")
+            pytest.skip("PostgreSQL server binaries not installed")
+        # its own folder right under /tmp: the server's user must reach it (pytest's tmp_path is private to us)
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="edgenas-own-pg-"))
+        self.data = self.root / "pgdata"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self, *cmd: str) -> None:
+        import pwd
+
+        prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            pwd.getpwnam("postgres")
+            prefix = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*prefix, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def init(self) -> "OwnPostgres":
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.root, "postgres")
+        self._as_owner(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--locale=C",
+                       "--auth=trust", "--no-sync")
+        return self.start()
+
+    def start(self) -> "OwnPostgres":
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                "-c full_page_writes=off -c max_connections=100")  # commits survive an immediate stop
+        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
+                       "-t", "60", "-o", opts, "start")
+        return self
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; `immediate` is a crash as far as clients can tell (connections cut, no goodbye)."""
+        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self.stop("immediate")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "OwnPostgres":
+        return self.init()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

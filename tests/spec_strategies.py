@@ -1,63 +1,53 @@
-"""Hypothesis strategy for random *valid* `NetSpec`s over every catalog block (shared by the test modules).
+"""Hypothesis strategy for random *valid* `NetSpec`s over every registered block kind (shared by the test modules).
 
-Each stage is drawn with arguments that exercise the cost model's corners (groups, padding, even pool kernels,
-ceil mode, expand 1, squeeze-excite, Fire bypass, shortcut A/B, alpha rounding, odd resolutions). A drawn
-stage that would make the spec invalid (vanishing feature map, too few channels for a Fire) is dropped, so
-every generated spec validates; the draws stay deterministic, which keeps shrinking meaningful.
+Each stage's kind is drawn from the registry and its arguments from the kind's `examples`, which exercise the
+cost model's corners (groups, padding, even pool kernels, ceil mode, expand 1, squeeze-excite, Fire bypass,
+shortcut A/B, Ghost ratios, MobileNetV3 activations, alpha rounding, odd resolutions), so a newly registered
+kind is drawn the moment it exists. A drawn stage that would make the spec invalid (vanishing feature map, too
+few channels for a Fire) is dropped, so every generated spec validates; the draws stay deterministic, which
+keeps shrinking meaningful.
 """
 from __future__ import annotations
-
-import math
 
 from hypothesis import strategies as st
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec
 from archs.errors import SpecError
 from archs.plan import resolve
+from archs.registry import get_kind, names
 from archs.spec import ACTIVATIONS
 
-ALL_BLOCKS = ("conv", "dws", "ir", "fire", "lowrank", "basic", "maxpool", "avgpool")
+ALL_BLOCKS = names()
 KERNELS = (1, 3, 5, 7)
+EVEN_KERNELS = (1, 2, 3, 4, 5, 7)  # for kinds that allow even kernels (plain conv)
+POOL_KERNELS = (1, 2, 3, 5)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _args(draw, kind, c_in: int, out: int, k: int) -> dict:
+    args = {}
+    for name in kind.examples:
+        v = draw(st.sampled_from(kind.example_values(name, c_in, out, k)))
+        if v is not None:
+            args[name] = v
+    return args
 
 
-def _stage(draw, kind: str, spec: NetSpec, c_in: int) -> StageSpec:
+def _stage(draw, name: str, spec: NetSpec, c_in: int) -> StageSpec:
+    kind = get_kind(name)
     stride = draw(st.integers(1, 2))
-    if kind in ("maxpool", "avgpool"):
-        k = draw(st.sampled_from((1, 2, 3, 5)))
-        args = {"padding": draw(st.integers(0, k // 2))}
-        if kind == "maxpool":
-            args["ceil_mode"] = draw(st.booleans())
-        return StageSpec(kind, kernel=k, stride=stride, repeats=draw(st.integers(1, 2)), args=args)
+    if not kind.channels:
+        k = draw(st.sampled_from(POOL_KERNELS))
+        return StageSpec(name, kernel=k, stride=stride, repeats=draw(st.integers(1, 2)),
+                         args=_args(draw, kind, c_in, c_in, k))
     # keep the input width (unscaled) sometimes, so residuals, Fire bypass and identity shortcuts happen
     same = draw(st.booleans()) and c_in > 1
     channels = c_in if same else draw(st.integers(1, 32))
     scale = not same
     out = spec.ch(channels, scale)
     repeats = draw(st.integers(1, 2))
-    args: dict = {}
-    k = draw(st.sampled_from(KERNELS))
-    if kind == "conv":
-        k = draw(st.sampled_from((1, 2, 3, 4, 5, 7)))  # even kernels are allowed for plain convs
-        if draw(st.booleans()):
-            args["padding"] = draw(st.integers(0, k))
-        # groups must divide c_in and out (the first copy) and out (later copies): divisors of gcd(c_in, out)
-        args["groups"] = draw(st.sampled_from(_divisors(math.gcd(c_in, out))))
-    elif kind == "ir":
-        args["expand"] = draw(st.sampled_from((1, 2, 3, 4, 6, 2.5)))
-        args["se"] = draw(st.sampled_from((0.0, 0.0, 0.125, 0.25, 0.5)))
-    elif kind == "fire":
-        args["squeeze_ratio"] = draw(st.sampled_from((0.125, 0.25, 0.5, 1.0)))
-        args["pct3x3"] = draw(st.sampled_from((0.25, 0.5, 0.75)))
-        args["bypass"] = draw(st.booleans())
-    elif kind == "lowrank":
-        args["rank_ratio"] = draw(st.sampled_from((0.1, 0.25, 0.5, 0.75, 1.0)))
-    elif kind == "basic":
-        args["shortcut"] = draw(st.sampled_from(("A", "B")))
-    return StageSpec(kind, channels, repeats=repeats, stride=stride, kernel=k, args=args, scale=scale)
+    k = draw(st.sampled_from(KERNELS if kind.odd_kernel else EVEN_KERNELS))
+    return StageSpec(name, channels, repeats=repeats, stride=stride, kernel=k, args=_args(draw, kind, c_in, out, k),
+                     scale=scale)
 
 
 def _ok(spec: NetSpec) -> bool:

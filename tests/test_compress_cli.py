@@ -156,6 +156,23 @@ def test_run_cli_huffman_without_sharing_codes_the_pruned_weights(trained, tmp_p
         assert k == k2 and torch.equal(a, b), k
 
 
+def test_run_cli_rerun_keeps_the_first_run(trained, tmp_path, capsys):
+    """A second compress.run into the same --out never deletes or overwrites the first run: it goes to OUT/run-2
+    (other stages, so the first run's stage folders would otherwise be removed as stale)."""
+    out = tmp_path / "c"
+    first = [str(trained), "--prune", "0.5", "--finetune-epochs", "0", "--out", str(out), "--quiet", "--no-latency"]
+    assert _cli(run_mod.main, first, "python -m compress.run", capsys)[0] == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = [str(trained), "--quantize", "dynamic", "--out", str(out), "--quiet", "--no-latency"]
+    code, _, err = _cli(run_mod.main, second, "python -m compress.run", capsys)
+    assert code == 0, err
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if not k.startswith("run-2/")} == before
+    assert list(pd.read_csv(out / "run-2" / "stages.csv")["stage"]) == ["original", "quantize_dynamic"]
+    assert _cli(run_mod.main, second, "python -m compress.run", capsys)[0] == 0
+    assert (out / "run-3" / "stages.csv").is_file() and (out / "run-2" / "stages.csv").is_file()
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # user mistakes: one line on stderr, exit 2
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""'basic': the ResNet basic block (He et al. 2016) with 'A' (zero-pad) or 'B' (1x1 conv) shortcuts."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SpecError
+from ..registry import Arg, BlockKind, register
+from .layers import ConvBNAct, make_act
+
+
+class BasicResidual(nn.Module):
+    """ResNet basic block: two kxk conv+BN, identity or projected shortcut ('A' zero-pad as in CIFAR ResNets, 'B' 1x1 conv)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3, shortcut: str = "B",
+                 norm: bool = True, act: str = "relu"):
+        super().__init__()
+        if shortcut not in ("A", "B"):
+            raise SpecError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        self.conv1 = ConvBNAct(in_ch, out_ch, kernel, stride, norm=norm, act=act)
+        self.conv2 = ConvBNAct(out_ch, out_ch, kernel, 1, norm=norm, act=None)
+        self.act = make_act(act)
+        self.stride, self.pad = stride, out_ch - in_ch
+        self.mode = "identity" if stride == 1 and in_ch == out_ch else shortcut
+        if self.mode == "A" and out_ch < in_ch:
+            raise SpecError("shortcut 'A' cannot reduce channels; use 'B'")
+        self.proj = ConvBNAct(in_ch, out_ch, 1, stride, norm=norm, act=None) if self.mode == "B" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "B":
+            sc = self.proj(x)
+        elif self.mode == "A":
+            sc = x[:, :, ::self.stride, ::self.stride]
+            if self.pad:
+                sc = F.pad(sc, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        else:
+            sc = x
+        return self.act(self.conv2(self.conv1(x)) + sc)
+
+
+def _stage(s, i, spec, c, out):
+    shortcut = s.arg("shortcut")
+    if shortcut == "A" and (s.stride != 1 or c != out) and out < c:  # later blocks: stride 1, out -> out
+        raise SpecError(f"stages[{i}]: shortcut 'A' cannot reduce channels ({c} -> {out}); use 'B'")
+    return s.kernel, s.kernel // 2, {"shortcut": shortcut}, {"shortcut": shortcut}
+
+
+def _cost(b, norm):
+    mb, pb = (2, 2) if norm else (0, 1)
+    k, cin, cout, hw = b.kernel, b.in_ch, b.out_ch, b.h_out * b.w_out
+    kk = k * k
+    m = cout * hw * (cin * kk + mb) + cout * hw * (cout * kk + mb)
+    p = cout * (cin * kk + pb) + cout * (cout * kk + pb)
+    if b.extra["shortcut"] == "B" and (b.stride != 1 or cin != cout):
+        m += cout * hw * (cin + mb)
+        p += cout * (cin + pb)
+    return m, p
+
+
+KIND = register(BlockKind(
+    "basic", BasicResidual, "two kxk conv + BN, identity or projected shortcut (ResNet)", _stage,
+    make=lambda b, n, a: BasicResidual(b.in_ch, b.out_ch, b.stride, b.kernel, b.extra["shortcut"], norm=n, act=a),
+    cost=_cost,
+    args={"shortcut": Arg(str, "B", lambda v, s: v in ("A", "B"), "must be 'A' (zero-pad) or 'B' (1x1 conv)")},
+    examples={"shortcut": ("A", "B")},
+))

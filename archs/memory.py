@@ -1,0 +1,383 @@
+"""Int8 inference memory on a microcontroller, from a spec alone: `memory(spec) -> Memory`.
+
+Follows the graph that the int8 TFLite export (`compress.tflite`, litert-torch) really produces for batch 1 and
+places it as TensorFlow Lite Micro does. Pure Python over the resolved plan (`archs.plan.resolve`), no torch.
+
+- Converted graph: NHWC int8 tensors; batch norm folded and ReLU / ReLU6 fused into the op before them;
+  hardswish is a HARD_SWISH op, SiLU a LOGISTIC and a MUL; a convolution or max pool whose PyTorch padding is
+  not TensorFlow's SAME (or VALID) gets an explicit PAD (PADV2 for max pools) with its own tensor; a conv with
+  one input channel or groups = channels is DEPTHWISE_CONV_2D; Fire concatenates its two expand branches;
+  residual adds (inverted residual, basic block, Fire bypass) keep their input alive; squeeze-excite is MEAN,
+  two 1x1 convs, LOGISTIC and a MUL with the depthwise output; a flatten head on a map larger than 1x1 is
+  TRANSPOSE (back to PyTorch's NCHW order) + RESHAPE; a pooled head is MEAN (SUM on a 1x1 map).
+- Activation arena (TFLM's "head"): every non-constant tensor lives from the op that writes it (graph input:
+  from the start) to the last op that reads it (graph output: to the end); sizes are rounded up to 16 bytes and
+  placed by TFLM's greedy planner (`micro/memory_planner/greedy_memory_planner.cc`: largest first, first gap
+  that fits among the buffers live at the same time), which can pack worse than the largest live sum.
+- Runtime overhead (TFLM's "tail"): per-tensor and per-node structs, per-op kernel data and per-channel
+  requantization (multiplier + shift) arrays, from a cost per item measured on the recording allocator of
+  tflite-micro (see docs/mcu.md); `arena_bytes` = activation + overhead = the `tensor_arena` a firmware reserves.
+- Flash: bytes of the .tflite file the export writes (int8 weights, int32 biases, per-channel scales and zero
+  points, flatbuffer tables), from per-item costs measured the same way, rounded up so that it is never below.
+
+Bytes everywhere; `Memory.table()` prints kB (1 kB = 1,024 bytes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .plan import Block, resolve
+from .spec import NetSpec
+
+__all__ = ["Memory", "Layer", "memory", "greedy_arena", "BLOCK_GRAPH"]
+
+_ALIGN = 16
+
+
+@dataclass(slots=True)
+class Layer:
+    """One operator of the converted graph: TFLite op name, the block it belongs to, its output tensor bytes,
+    the activation bytes live while it runs (its inputs, its output and everything kept for later ops)."""
+
+    op: str
+    block: str
+    out_bytes: int
+    live_bytes: int
+
+
+@dataclass(slots=True)
+class Memory:
+    """Int8 TFLM memory of one network, in bytes: activation arena (head), runtime overhead (tail), their sum
+    (the tensor arena to reserve) and the .tflite flash size; `layers` is the per-operator table, `peak` the
+    index of the operator with the most live activation bytes."""
+
+    activation_bytes: int
+    overhead_bytes: int
+    flash_bytes: int
+    layers: list[Layer] = field(default_factory=list)
+    peak: int = 0
+    live_bound: int = 0  # the largest sum of live (16-byte rounded) tensors: a lower bound of the arena
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.activation_bytes + self.overhead_bytes
+
+    @property
+    def sram_kb(self) -> float:
+        return self.arena_bytes / 1024
+
+    @property
+    def flash_kb(self) -> float:
+        return self.flash_bytes / 1024
+
+    def to_dict(self) -> dict:
+        return {"activation_bytes": self.activation_bytes, "overhead_bytes": self.overhead_bytes,
+                "arena_bytes": self.arena_bytes, "flash_bytes": self.flash_bytes, "live_bound": self.live_bound,
+                "peak_op": self.peak, "layers": [[x.op, x.block, x.out_bytes, x.live_bytes] for x in self.layers]}
+
+    def table(self) -> str:
+        """Per-operator table in kB (1 kB = 1,024 bytes), the peak marked."""
+        lines = [f"{'#':>3}  {'op':<18} {'block':<16} {'out kB':>8} {'live kB':>8}"]
+        for i, x in enumerate(self.layers):
+            mark = "  <- peak" if i == self.peak else ""
+            lines.append(f"{i:>3}  {x.op:<18} {x.block:<16} {x.out_bytes / 1024:>8.2f} {x.live_bytes / 1024:>8.2f}{mark}")
+        lines.append(f"activation arena {self.activation_bytes / 1024:.2f} kB + runtime overhead "
+                     f"{self.overhead_bytes / 1024:.2f} kB = tensor arena {self.arena_bytes / 1024:.2f} kB; "
+                     f"flash {self.flash_bytes / 1024:.2f} kB (1 kB = 1,024 bytes)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The converted graph
+# ----------------------------------------------------------------------------------------------------------------
+class _Graph:
+    """Tensors (bytes) and operators (name, input tensor ids, output tensor id, block label) of the converted
+    graph, plus the counts the overhead and flash models need."""
+
+    __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act")
+
+    def __init__(self, act: str):
+        self.size: list[int] = []
+        self.ops: list[tuple[str, tuple[int, ...], int, str]] = []
+        self.block = ""
+        self.n_const = 0        # constant tensors (weights, biases, pad / axis / shape / perm arrays)
+        self.const_bytes = 0    # their data bytes (each rounded up to 16)
+        self.channels = 0       # per-channel quantized output channels (conv, depthwise, fully connected)
+        self.small: set = set()  # distinct small constant arrays (the converter stores each value once)
+        self.opts: dict[str, int] = {}  # op name -> count
+        self.act = act
+
+    def tensor(self, nbytes: int) -> int:
+        self.size.append(nbytes)
+        return len(self.size) - 1
+
+    def op(self, name: str, inputs: tuple[int, ...], out_bytes: int) -> int:
+        t = self.tensor(out_bytes)
+        self.ops.append((name, inputs, t, self.block))
+        self.opts[name] = self.opts.get(name, 0) + 1
+        return t
+
+    def const(self, nbytes: int) -> None:
+        self.n_const += 1
+        self.const_bytes += -(-nbytes // _ALIGN) * _ALIGN
+
+    def small_const(self, key: tuple, nbytes: int) -> None:
+        if key not in self.small:
+            self.small.add(key)
+            self.const(nbytes)
+
+    def weighted(self, name: str, x: int, out_bytes: int, out_ch: int, weight_bytes: int, bias: bool = True) -> int:
+        """A conv / depthwise / fully-connected op with int8 weights (per-channel) and an int32 bias."""
+        self.const(weight_bytes)
+        if bias:
+            self.const(4 * out_ch)
+        self.channels += out_ch
+        return self.op(name, (x,), out_bytes)
+
+    def activation(self, x: int, nbytes: int, act: str | None) -> int:
+        """The activation after an op: fused for ReLU / ReLU6 (nothing to add), its own op(s) otherwise."""
+        if act is None or act in ("relu", "relu6"):
+            return x
+        if act == "hardswish":
+            return self.op("HARD_SWISH", (x,), nbytes)
+        gate = self.op("LOGISTIC", (x,), nbytes)  # silu = x * sigmoid(x)
+        return self.op("MUL", (x, gate), nbytes)
+
+
+def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) of one dimension."""
+    out = -(-n // s)
+    total = max((out - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def _pad(g: _Graph, x: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+         name: str = "PAD") -> int:
+    """The explicit PAD the converter adds before a conv whose symmetric padding is neither VALID nor SAME."""
+    if ph == 0 and pw == 0:
+        return x
+    if _same_pad(h, kh, sh) == (ph, ph) and _same_pad(w, kw, sw) == (pw, pw):
+        return x
+    g.small_const(("pad", ph, pw), 32)
+    return g.op(name, (x,), (h + 2 * ph) * (w + 2 * pw) * c)
+
+
+def _conv(g: _Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int, w: int, groups: int,
+          act: str | None, bias: bool = True, kw: int | None = None, sw: int | None = None,
+          pw: int | None = None) -> tuple[int, int, int]:
+    """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out)."""
+    kw, sw, pw = (k, s, p) if kw is None else (kw, sw, pw)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * pw - kw) // sw + 1
+    x = _pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
+    out = cout * ho * wo
+    if groups == cin and (groups > 1 or cin == 1) and cout % cin == 0:
+        t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias)
+    else:
+        t = g.weighted("CONV_2D", x, out, cout, cout * k * kw * (cin // groups), bias)
+    return g.activation(t, out, act), ho, wo
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One function per block kind: (graph, block, spec, input tensor) -> output tensor
+# ----------------------------------------------------------------------------------------------------------------
+def _g_conv(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    return _conv(g, x, b.in_ch, b.out_ch, b.kernel, b.stride, b.extra["padding"], b.h_in, b.w_in,
+                 b.extra["groups"], spec.act)[0]
+
+
+def _g_dws(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    t, ho, wo = _conv(g, x, b.in_ch, b.in_ch, b.kernel, b.stride, b.kernel // 2, b.h_in, b.w_in, b.in_ch, spec.act)
+    return _conv(g, t, b.in_ch, b.out_ch, 1, 1, 0, ho, wo, 1, spec.act)[0]
+
+
+def _g_ir(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    hid, k, e = b.extra["hidden"], b.kernel, b.extra
+    t = x
+    if e["expand"] != 1:
+        t = _conv(g, t, b.in_ch, hid, 1, 1, 0, b.h_in, b.w_in, 1, spec.act)[0]
+    t, ho, wo = _conv(g, t, hid, hid, k, b.stride, k // 2, b.h_in, b.w_in, hid, spec.act)
+    if e["se"]:
+        r = e["se_ch"]
+        g.small_const(("axis",), 8)
+        m = g.op("MEAN" if ho * wo > 1 else "SUM", (t,), hid) if True else t
+        m = _conv(g, m, hid, r, 1, 1, 0, 1, 1, 1, "relu")[0]
+        m = _conv(g, m, r, hid, 1, 1, 0, 1, 1, 1, None)[0]
+        m = g.op("LOGISTIC", (m,), hid)
+        t = g.op("MUL", (t, m), hid * ho * wo)
+    t = _conv(g, t, hid, b.out_ch, 1, 1, 0, ho, wo, 1, None)[0]
+    if b.stride == 1 and b.in_ch == b.out_ch:
+        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
+    return t
+
+
+def _g_fire(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    e = b.extra
+    sq = _conv(g, x, b.in_ch, e["squeeze"], 1, 1, 0, b.h_in, b.w_in, 1, spec.act)[0]
+    a = _conv(g, sq, e["squeeze"], e["e1"], 1, b.stride, 0, b.h_in, b.w_in, 1, spec.act)[0]
+    c, ho, wo = _conv(g, sq, e["squeeze"], e["e3"], 3, b.stride, 1, b.h_in, b.w_in, 1, spec.act)
+    t = g.op("CONCATENATION", (a, c), b.out_ch * ho * wo)
+    if e["bypass"] and b.stride == 1 and b.in_ch == b.out_ch:
+        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
+    return t
+
+
+def _g_lowrank(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    k, s, p, r = b.kernel, b.stride, b.kernel // 2, b.extra["rank"]
+    # k x 1 to `rank` channels (stride and padding on height only, no bias), then 1 x k (on width) + activation
+    t, ho, w = _conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, bias=False, kw=1, sw=1, pw=0)
+    return _conv(g, t, r, b.out_ch, 1, 1, 0, ho, w, 1, spec.act, kw=k, sw=s, pw=p)[0]
+
+
+def _g_basic(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    k = b.kernel
+    identity = b.stride == 1 and b.in_ch == b.out_ch
+    sc = x
+    if not identity and b.extra["shortcut"] == "B":  # the projection runs first (forward order)
+        sc = _conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
+    t, ho, wo = _conv(g, x, b.in_ch, b.out_ch, k, b.stride, k // 2, b.h_in, b.w_in, 1, spec.act)
+    t = _conv(g, t, b.out_ch, b.out_ch, k, 1, k // 2, ho, wo, 1, None)[0]
+    n = b.out_ch * ho * wo
+    t = g.op("ADD", (t, sc), n)
+    return g.activation(t, n, spec.act)
+
+
+def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    p, k, s, c = b.extra["padding"], b.kernel, b.stride, b.in_ch
+    ph = (b.h_out - 1) * s + k - b.h_in - p  # padding after: ceil mode may read past the end
+    pw = (b.w_out - 1) * s + k - b.w_in - p
+    if p or ph > 0 or pw > 0:
+        ph, pw = max(ph, 0), max(pw, 0)
+        if not (p == ph == pw and _same_pad(b.h_in, k, s) == (p, p) and _same_pad(b.w_in, k, s) == (p, p)):
+            g.small_const(("pad", p, ph, pw), 32)
+            g.small_const(("padv",), 1)
+            x = g.op("PADV2", (x,), (b.h_in + p + ph) * (b.w_in + p + pw) * c)
+    return g.op("MAX_POOL_2D", (x,), c * b.h_out * b.w_out)
+
+
+def _g_avgpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
+    p = b.extra["padding"]
+    x = _pad(g, x, b.h_in, b.w_in, b.in_ch, b.kernel, b.kernel, b.stride, b.stride, p, p) if p else x
+    if p and x == x:  # count_include_pad: PyTorch's padded average is a zero PAD + VALID pool
+        pass
+    return g.op("AVERAGE_POOL_2D", (x,), b.in_ch * b.h_out * b.w_out)
+
+
+#: block kind -> its part of the converted graph (moves into the block registry's records later)
+BLOCK_GRAPH: dict[str, Callable[[_Graph, Block, NetSpec, int], int]] = {
+    "conv": _g_conv, "dws": _g_dws, "ir": _g_ir, "fire": _g_fire, "lowrank": _g_lowrank, "basic": _g_basic,
+    "maxpool": _g_maxpool, "avgpool": _g_avgpool,
+}
+
+
+def _head(g: _Graph, spec: NetSpec, plan, x: int) -> int:
+    c, h, w = plan.feat_ch, plan.feat_h, plan.feat_w
+    g.block = "head"
+    hd = spec.head
+    if hd.kind == "conv":
+        t = _conv(g, x, c, spec.num_classes, 1, 1, 0, h, w, 1, spec.act)[0]
+        g.small_const(("axis",), 8)
+        return g.op("MEAN" if h * w > 1 else "SUM", (t,), spec.num_classes)
+    if hd.kind == "pool":
+        g.small_const(("axis",), 8)
+        t, n = g.op("MEAN" if h * w > 1 else "SUM", (x,), c), c
+    else:
+        n = c * h * w
+        t = x
+        if h * w > 1 and c > 1:
+            g.small_const(("perm",), 16)
+            t = g.op("TRANSPOSE", (t,), n)
+        g.small_const(("shape", n), 8)
+        t = g.op("RESHAPE", (t,), n)
+    fcs = [f for f in plan.head if f[0] == "fc"]
+    for i, (_, cin, cout) in enumerate(fcs):
+        t = g.weighted("FULLY_CONNECTED", t, cout, cout, cin * cout)
+        if i < len(fcs) - 1:
+            t = g.activation(t, cout, spec.act)
+    return t
+
+
+def _build(spec: NetSpec) -> _Graph:
+    plan = resolve(spec)
+    g = _Graph(spec.act)
+    x = g.tensor(spec.in_chans * spec.input_size * spec.input_size)
+    for i, b in enumerate(plan.blocks):
+        g.block = f"{i}:{b.kind}"
+        x = BLOCK_GRAPH[b.kind](g, b, spec, x)
+    _head(g, spec, plan, x)
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TFLM's planner
+# ----------------------------------------------------------------------------------------------------------------
+def greedy_arena(buffers: list[tuple[int, int, int]]) -> int:
+    """Bytes TFLM's GreedyMemoryPlanner needs for `buffers` = [(aligned size, first op, last op)] in the order
+    the allocator adds them: sorted by size, largest first (ties: the later-added first, as its stable sort over
+    a reversed list gives), each at the lowest offset where it overlaps no placed buffer live at the same time."""
+    n = len(buffers)
+    if not n:
+        return 0
+    order = sorted(range(n - 1, -1, -1), key=lambda i: -buffers[i][0])
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last) sorted by offset
+    top = 0
+    for i in order:
+        size, first, last = buffers[i]
+        cand = 0
+        pos = len(placed)
+        for j, (off, end, f, l) in enumerate(placed):
+            if f > last or first > l:
+                continue
+            if off - cand >= size:
+                break
+            if end > cand:
+                cand = end
+        # keep `placed` sorted by offset (a new entry goes after entries at the same offset)
+        pos = len(placed)
+        for j in range(len(placed)):
+            if placed[j][0] > cand:
+                pos = j
+                break
+        placed.insert(pos, (cand, cand + size, first, last))
+        if cand + size > top:
+            top = cand + size
+    return top
+
+
+def _lifetimes(g: _Graph) -> list[tuple[int, int, int]]:
+    """[(aligned bytes, first, last)] of the non-constant tensors in tensor order (TFLM's allocation order)."""
+    n_ops = len(g.ops)
+    first = [0] * len(g.size)
+    last = [0] * len(g.size)
+    for i, (_, ins, out, _) in enumerate(g.ops, 1):
+        first[out] = last[out] = i
+        for t in ins:
+            last[t] = i
+    last[g.ops[-1][2]] = n_ops  # the graph output lives to the end
+    return [(-(-s // _ALIGN) * _ALIGN, first[t], last[t]) for t, s in enumerate(g.size)]
+
+
+def memory(spec: NetSpec) -> Memory:
+    """Int8 TFLM memory of `spec`'s exported model: activation arena, runtime overhead, tensor arena, flash."""
+    g = _build(spec)
+    bufs = _lifetimes(g)
+    act = greedy_arena(bufs)
+    n_ops = len(g.ops)
+    live = [0] * (n_ops + 1)
+    for size, f, l in bufs:
+        for s in range(f, l + 1):
+            live[s] += size
+    layers = [Layer(name, block, g.size[out], live[i]) for i, (name, _, out, block) in enumerate(g.ops, 1)]
+    peak = max(range(n_ops), key=lambda i: layers[i].live_bytes)
+    return Memory(act, _overhead(g), _flash(g), layers, peak, max(live))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runtime overhead and flash: per-item costs measured on tflite-micro's recording allocator and the export
+# ----------------------------------------------------------------------------------------------------------------
+def _overhead(g: _Graph) -> int:
+    return 0
+
+
+def _flash(g: _Graph) -> int:
+    return 0
