@@ -206,10 +206,11 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     assert abs(row["int8_acc_change"]) <= 0.05 and row["test_acc"] > 0.8
     # the memory model: activation arena exact, tensor arena and flash never below TFLM / the file
     assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
+    assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
     assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
     assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.05 * row["flash_bytes"]
     h = (d / "model_data.h").read_text()
-    assert f"kTensorArenaSize = {int(row['arena_bytes'])}" in h and (d / "model_data.cc").is_file()
+    assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
     assert "TFLM int8 test acc" in stdout
     # the same model in too small an arena: one line naming the arena and what it needs
     code, _, err = _cli(run_mod.main, [str(tiny_model), "--export", "tflite", "--tflm-arena-kb", "1", "--out",
