@@ -65,6 +65,26 @@ def run_once(out: Path, flags: list[str]) -> dict:
     return res
 
 
+def summarize(runs: dict[str, dict]) -> dict:
+    """Wall clock and the winners' test accuracy over the seeds of `runs`."""
+    walls = [r["wall_seconds"] for r in runs.values()]
+    tests = [r["best"]["test_acc"] for r in runs.values()]
+    return {"wall_minutes_median": statistics.median(walls) / 60, "wall_minutes_max": max(walls) / 60,
+            "winner_test_acc_per_seed": tests, "winner_test_acc_mean": statistics.mean(tests),
+            "winner_test_acc_min": min(tests)}
+
+
+def merge(paths: list[str], out: str, args: argparse.Namespace) -> None:
+    """One JSON from runs of different seeds made separately (in parallel); each part keeps its own `meta`."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    runs = {k: v for part in parts for k, v in part["runs"].items()}
+    seeds = sorted(int(k) for k in runs)
+    path = write_results(out, {"benchmark": "make_run", "summary": summarize(runs), "runs": runs,
+                               "parts": [{"file": Path(p).name, "meta": part["meta"]} for p, part in zip(paths, parts)]},
+                         args, seeds)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "results/benchmarks/make_run"), help="study folder parent")
@@ -73,21 +93,24 @@ def main() -> None:
                     help="run once per seed ('dev', 'report' or integers); default: the Makefile's command as is "
                          f"(seed {DEV_SEEDS[0]}, a development seed)")
     add_common_args(ap, seeds=False)
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="write one JSON (--json) from these runs of different seeds, made separately; runs nothing")
     ap.add_argument("extra", nargs="*", help="extra search.run flags (none: the Makefile's command as is)")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.json, args)
+        return
     extra = [*args.extra, *(QUICK_FLAGS if args.quick else [])]
     seeds = resolve_seeds(args.seeds) if args.seeds else None
-    if seeds is None:
-        runs = {str(DEV_SEEDS[0]): run_once(Path(args.out), extra)}
-    else:
-        runs = {str(s): run_once(Path(args.out) / f"seed{s}", [*extra, "--seed", str(s)]) for s in seeds}
-    walls = [r["wall_seconds"] for r in runs.values()]
-    tests = [r["best"]["test_acc"] for r in runs.values()]
-    summary = {"wall_minutes_median": statistics.median(walls) / 60, "wall_minutes_max": max(walls) / 60,
-               "winner_test_acc_per_seed": tests, "winner_test_acc_mean": statistics.mean(tests),
-               "winner_test_acc_min": min(tests)}
-    path = write_results(args.json, {"benchmark": "make_run", "summary": summary, "runs": runs}, args,
-                         seeds if seeds is not None else [DEV_SEEDS[0]])
+    plan = [(DEV_SEEDS[0], Path(args.out), extra)] if seeds is None else \
+        [(s, Path(args.out) / f"seed{s}", [*extra, "--seed", str(s)]) for s in seeds]
+    runs: dict[str, dict] = {}
+    for seed, out, flags in plan:  # the JSON is rewritten after every seed: a run cut short keeps what it measured
+        runs[str(seed)] = run_once(out, flags)
+        summary = summarize(runs)
+        tests = summary["winner_test_acc_per_seed"]
+        path = write_results(args.json, {"benchmark": "make_run", "summary": summary, "runs": runs}, args,
+                             [int(k) for k in runs])
     print(f"winner test accuracy per seed: {' / '.join(f'{100 * t:.2f}' for t in tests)} %; wall clock median "
           f"{summary['wall_minutes_median']:.2f} min (max {summary['wall_minutes_max']:.2f})")
     print(f"wrote {path}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archs import build, estimate  # noqa: E402
 from archs.memory import BLOCK_GRAPH, memory  # noqa: E402
+from benchmarks._common import add_common_args, write_results  # noqa: E402
 from specgen import random_specs  # noqa: E402
 
 
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare only the specs already measured in --cache (say how many), export none")
     ap.add_argument("--every", type=int, default=1, help="benchmark every N-th spec only (held-out subsets)")
     ap.add_argument("--offset", type=int, default=0, help="... starting at this index")
+    add_common_args(ap, seeds=False)
     args = ap.parse_args(argv)
     if args.fit:
         def read(files):
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(fit(read(args.fit), read(args.fit_flash) if args.fit_flash else None), indent=1))
         return 0
+    if args.quick:  # three specs, measured afresh (not from or into the cache): the code paths run
+        args.n, args.repeats, args.cache = 3, 5, str(Path(tempfile.mkdtemp()) / "tflm.jsonl")
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
@@ -210,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["memory_over_estimate"] = summary["median_us_memory"] / summary["median_us_estimate"]
     summary["export_tflm_over_memory"] = summary["median_s_export_tflm"] * 1e6 / summary["median_us_memory"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "rows": rows, "refused": refused,
-                               "machine": platform.platform(), "python": platform.python_version(),
-                               "command": " ".join(sys.argv)}, indent=1) + "\n")
+    out = write_results(args.out, {"summary": summary, "rows": rows, "refused": refused}, args, [args.seed])
     s = summary
     table = [
         ["specs compared (of generated)", f"{n} of {len(specs)} ({len(refused)} refused by the exporter)"],

@@ -52,6 +52,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     pick = args.recipes or list(RECIPES)
+    if args.quick and not args.recipes:  # the iterative and the distilled code paths
+        pick = ["2 steps x 20 epochs", "one step, 20 epochs, distilled"]
     res: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

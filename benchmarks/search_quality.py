@@ -121,6 +121,8 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
 
 SEARCHES = {"search (tpe)": ("tpe", True), "search (random)": ("random", True),
             "search (tpe, --no-warm-start)": ("tpe", False)}  # method -> (sampler, warm start)
+PRIORITY = ["search (tpe)", "lenet-style conv", "search (tpe, --no-warm-start)", "search (random)",
+            "mobilenetv1-style (alpha fitted)", "squeezenet-style fire (alpha fitted)"]  # the order runs start in
 
 
 def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
@@ -229,6 +231,8 @@ def main() -> None:
     if args.summarize:
         saved = json.loads(Path(args.summarize).read_text())
         report(saved["runs"], saved["config"])
+        if saved.get("missing"):
+            print(f"not measured (the run was cut short): {', '.join(saved['missing'])}")
         return
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -240,24 +244,34 @@ def main() -> None:
     methods = [m for m in [*SEARCHES, *baselines(divisor=4)]
                if not args.methods or any(w.startswith(k.lower()) for k in args.methods
                                           for w in re.findall(r"[a-z0-9]+", m))]
-    tasks = [(seed, m) for seed in args.seeds for m in methods]
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    # method by method (the search with TPE and LeNet-style first), every seed of one before the next method
+    tasks = [(seed, m) for m in sorted(methods, key=PRIORITY.index) for seed in args.seeds]
     results: dict[tuple[int, str], dict] = {}
     t0 = time.time()
+
+    def save() -> dict:
+        """The JSON holds every finished (seed, method), rewritten after each: a run cut short keeps them."""
+        runs = {m: [results[seed, m] for seed in args.seeds if (seed, m) in results] for m in methods}
+        runs = {m: rs for m, rs in runs.items() if rs}
+        missing = [f"{m} seed {seed}" for seed, m in tasks if (seed, m) not in results]
+        write_results(args.json, {"config": vars(args), "runs": runs, "missing": missing,
+                                  "seconds": time.time() - t0}, args, args.seeds)
+        return runs
+
     # every (seed, method) is independent and seeded, so running them in parallel processes changes no figure
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_task, seed, m, args, budget): (seed, m) for seed, m in tasks}
         for fut in as_completed(futures):
             seed, m = futures[fut]
-            r = results[seed, m] = fut.result()
+            r = results[seed, m] = {"seed": seed, **fut.result()}
             msg = "infeasible" if not r["feasible"] else \
                 f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
             print(f"seed {seed} {m}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
-    for seed, m in tasks:
-        runs[m].append(results[seed, m])
+            save()
+    runs = save()
     summary = report(runs, vars(args))
-    write_results(args.json, {"config": vars(args), "summary": summary, "runs": runs, "seconds": time.time() - t0},
-                  args, args.seeds)
+    write_results(args.json, {"config": vars(args), "summary": summary, "runs": runs, "missing": [],
+                              "seconds": time.time() - t0}, args, args.seeds)
     print(f"\nwrote {args.json} ({time.time() - t0:.0f} s)")
 
 

@@ -280,10 +280,14 @@ def test_plots_on_empty_and_tiny_tables(tmp_path):
     df = pd.DataFrame({"study": ["a"], "number": [0], "state": ["PRUNED"], "val_acc": [math.nan],
                        "mflops": [math.nan], "params": [math.nan], "budget_share": [math.nan], "blocks": [None],
                        "winner_rank": [math.nan], "sampler": ["tpe"]})
-    for fig in (analysis.plot_accuracy_vs_mflops(df), analysis.plot_best_so_far(df), analysis.plot_by_block(df),
-                analysis.plot_budget_use(df), analysis.plot_importance(pd.DataFrame(columns=["study", "param",
-                                                                                            "importance"]))):
-        fig.savefig(tmp_path / "x.png")  # an explanatory placeholder, no exception
+    for i, fig in enumerate((analysis.plot_accuracy_vs_mflops(df), analysis.plot_best_so_far(df),
+                             analysis.plot_by_block(df), analysis.plot_budget_use(df),
+                             analysis.plot_importance(pd.DataFrame(columns=["study", "param", "importance"])))):
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert any(t.strip() for t in texts), f"figure {i} explains nothing"  # an explanatory placeholder
+        assert all(not ax.lines and not ax.collections and not ax.patches for ax in fig.axes), i  # and no data
+        fig.savefig(tmp_path / f"x{i}.png")
+        _check_png(tmp_path / f"x{i}.png")
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):

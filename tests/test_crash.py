@@ -117,8 +117,9 @@ def test_sigkill_then_resume_fails_the_stale_trial_and_retries_it(tmp_path: Path
 def test_ctrl_c_with_local_workers(tmp_path: Path):
     """Ctrl-C in a terminal reaches the whole process group: every worker records its trial, the CLI exits 130."""
     d = tmp_path / "w"
-    p = cli(*ARGS, "--study-name", "w", "--out", str(tmp_path), "--n-workers", "2", start_new_session=True)
-    wait_for_running_trial_any(d, "w", p)
+    args = [*ARGS, "--epochs", "15"]  # trials of seconds: both workers are surely mid-trial when Ctrl-C comes
+    p = cli(*args, "--study-name", "w", "--out", str(tmp_path), "--n-workers", "2", start_new_session=True)
+    running = wait_for_running_trial_any(d, "w", p, workers=2)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=180)
     assert p.returncode == 130, err
@@ -126,10 +127,12 @@ def test_ctrl_c_with_local_workers(tmp_path: Path):
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
     ts = trials(d, "w")
     assert not [x for x in ts if x.state == TrialState.RUNNING]
-    assert [x for x in ts if x.state == TrialState.FAIL and x.user_attrs.get("fail_reason") == "interrupted"]
+    interrupted = [x for x in ts if x.state == TrialState.FAIL and x.user_attrs.get("fail_reason") == "interrupted"]
+    assert sorted(x.number for x in interrupted) == sorted(running)  # every worker's trial, not just one
+    assert len({x.user_attrs["worker"]["pid"] for x in interrupted}) == 2
     assert_csv_matches_storage(d, "w")
 
-    r = cli(*ARGS, "--study-name", "w", "--out", str(tmp_path), "--resume", "--n-workers", "2")
+    r = cli(*args, "--study-name", "w", "--out", str(tmp_path), "--resume", "--n-workers", "2")
     out, err = r.communicate(timeout=300)
     assert r.returncode == 0, err
     ts = trials(d, "w")
@@ -137,8 +140,8 @@ def test_ctrl_c_with_local_workers(tmp_path: Path):
     assert_csv_matches_storage(d, "w")
 
 
-def wait_for_running_trial_any(d: Path, name: str, proc, timeout: float = 120) -> None:
-    """Until some worker (a child of `proc`) trains a trial."""
+def wait_for_running_trial_any(d: Path, name: str, proc, timeout: float = 120, workers: int = 1) -> list[int]:
+    """Until `workers` different workers (children of `proc`) train a trial each; returns those trials' numbers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -147,8 +150,10 @@ def wait_for_running_trial_any(d: Path, name: str, proc, timeout: float = 120) -
                 ts = trials(d, name)
             except KeyError:
                 ts = []
-            if [t for t in ts if t.state == TrialState.RUNNING and "spec" in t.user_attrs]:
-                return
+            busy = {(t.user_attrs.get("worker") or {}).get("pid"): t.number for t in ts
+                    if t.state == TrialState.RUNNING and "spec" in t.user_attrs}
+            if len(busy) >= workers:
+                return list(busy.values())
         time.sleep(0.1)
     pytest.fail("no RUNNING trial appeared")
 

@@ -175,6 +175,56 @@ def test_n_workers_on_sqlite_survive_a_sigkilled_worker(tmp_path: Path):
             p.communicate()
 
 
+@pytest.mark.slow
+def test_a_late_result_from_a_worker_failed_for_a_missed_heartbeat_is_dropped(tmp_path: Path):
+    """SIGSTOP a worker mid-trial past the heartbeat grace period: the other worker fails its trial and re-queues it.
+    After SIGCONT the stopped worker finishes training, but its result is dropped: the study still ends with
+    exactly --trials complete trials, the lost one FAIL and its retry COMPLETE."""
+    d = tmp_path / "st"
+    args = [*TINY, "--epochs", "8"]  # trials of a few seconds: the worker is surely mid-trial when it is stopped
+    p = cli(*args, "--study-name", "st", "--out", str(tmp_path), "--n-workers", "2", env=HEARTBEAT)
+    stopped = None
+    try:
+        storage = None
+        deadline = time.monotonic() + 240
+        victim = None
+        while victim is None:
+            assert time.monotonic() < deadline, "no worker started a trial"
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            if (d / "config.json").exists():
+                storage = storage or optuna.storages.RDBStorage(f"sqlite:///{d / 'study.db'}")
+                try:
+                    ts = optuna.load_study(study_name="st", storage=storage).get_trials(
+                        deepcopy=False, states=(TrialState.RUNNING,))
+                except KeyError:
+                    ts = []
+                victim = next((t for t in ts if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
+            time.sleep(0.1)
+        stopped = victim.user_attrs["worker"]["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        assert storage.get_trial(victim._trial_id).state == TrialState.RUNNING, "the trial finished before the stop"
+        while storage.get_trial(victim._trial_id).state == TrialState.RUNNING:  # the other worker fails it
+            assert time.monotonic() < deadline + 120, "the stopped worker's trial was never failed"
+            time.sleep(0.2)
+        lost = storage.get_trial(victim._trial_id)
+        assert lost.state == TrialState.FAIL and "no heartbeat" in lost.user_attrs["fail_reason"]
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        study = optuna.load_study(study_name="st", storage=storage)
+        ts = check_study(study, victim.number, "no heartbeat")
+        late = ts[victim.number]
+        assert late.values is None and late.user_attrs["fail_reason"] == lost.user_attrs["fail_reason"]
+        assert_csv_matches(d / "trials.csv", ts)
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def test_each_local_worker_gets_its_own_gpu(monkeypatch):
     """--device cuda (or auto) with several GPUs: worker i trains on GPU i mod count; an explicit device stays."""
     import torch
@@ -188,3 +238,24 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert worker_device("auto", 1) == "auto"  # resolved to the CPU later
+
+
+@pytest.mark.postgres
+def test_analysis_loads_a_study_straight_from_postgresql(tmp_path: Path):
+    """analysis.load("postgresql://...", study_name=...) reads the same trials as the study's folder."""
+    import analysis
+    from search.run import main
+
+    url = pg_url()
+    name = unique_study("ana")
+    main(["--budget-mflops", "0.05", "--trials", "2", "--storage", url, "--study-name", name, "--out", str(tmp_path),
+          "--epochs", "1", "--final-epochs", "0", "--quiet", "--top-k", "1", "--no-warm-start"])
+    from_pg = analysis.load(url, study_name=name)
+    from_dir = analysis.load(tmp_path / name)
+    assert len(from_pg) >= 2 and from_pg["number"].tolist() == from_dir["number"].tolist()
+    assert from_pg["state"].tolist() == from_dir["state"].tolist()
+    assert from_pg["val_acc"].tolist() == pytest.approx(from_dir["val_acc"].tolist(), nan_ok=True)
+    assert from_pg["spec"].tolist() == from_dir["spec"].tolist()
+    password = pg_password(url)
+    if password:
+        assert password not in from_pg.to_csv()

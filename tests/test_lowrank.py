@@ -125,7 +125,7 @@ def test_factorized_model_reloads_and_finetunes(tmp_path):
     assert structure_changed(m, _spec())
     fit(m, d.train, d.val, TrainConfig(epochs=3, lr=1e-3, batch_size=32, seed=0))
     acc = evaluate(m, d.test)
-    assert acc >= base - 0.05
+    assert acc >= base - 0.01  # <= 1 point, the README's compression targets (measured here: 0 points)
     save_stage_model(tmp_path / "lr", m, {"stage": "lowrank"})
     m2, _, _ = load_model(tmp_path / "lr")
     x = d.test.x[:16]

@@ -212,7 +212,10 @@ def test_pruned_model_trains_and_keeps_accuracy(digits):
     prune_channels(m, 0.5)
     fit(m, digits.train, digits.val, TrainConfig(epochs=8, lr=3e-3, batch_size=32, seed=0))
     assert archs.count(m).macs <= 0.55 * c0
-    assert evaluate(m, digits.test) >= base - 0.05
+    # The README's <= 1 point is for benchmarks/compression.py's recipe (16x16 CNN trained 20 epochs, 2 pruning steps
+    # of 20 fine-tuning epochs). This 8x8 net, trained and fine-tuned 8 epochs in one step to keep the suite fast,
+    # loses 1.67 points (6 of 360 test images); 2.5 points leaves two images of slack for other CPUs' arithmetic.
+    assert evaluate(m, digits.test) >= base - 0.025
 
 
 # ------------------------------------------------------------------------------------------------------------------

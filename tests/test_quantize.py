@@ -75,10 +75,10 @@ def test_int8_agrees_with_fp32_and_is_much_smaller(cnn, int8, digits):
     assert agree >= 0.95
     acc32, acc8 = evaluate(cnn, digits.test), evaluate_callable(int8, digits.test)
     assert acc32 > 0.9
-    assert abs(acc32 - acc8) <= 0.02
+    assert abs(acc32 - acc8) <= 0.01  # the README's int8 target: <= 1 point lost ...
     assert int8.path.name == "model_int8.onnx" and int8.mode == "int8"
     assert int8.size_bytes == int8.path.stat().st_size
-    assert _fp32_bytes(cnn) / int8.size_bytes >= 3.0
+    assert _fp32_bytes(cnn) / int8.size_bytes >= 3.5  # ... and >= 3.5x smaller (measured here: 3.63x)
     assert int8.info["calib_images"] == 256 and int8.info["calib_argmax_agreement"] >= 0.95
 
 

@@ -79,13 +79,18 @@ def test_winner_reloads_and_reproduces_test_accuracy(study_dir: Path):
     assert set(state) == set(model.state_dict())
 
 
-def test_resume_adds_trials_to_same_study(study_dir: Path):
-    out = study_dir.parent
+def test_resume_adds_trials_to_same_study(study_dir: Path, tmp_path: Path):
+    import shutil
+
+    out = tmp_path / "copy"  # a copy: the module's study keeps its 3 trials whatever order the tests run in
+    shutil.copytree(study_dir, out / "s1")
+    before = pd.read_csv(out / "s1/trials.csv")
     main(["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "5", "--study-name", "s1", "--out", str(out),
           "--resume", *FAST])
-    df = pd.read_csv(study_dir / "trials.csv")
+    df = pd.read_csv(out / "s1/trials.csv")
     trained = df[df["fail_reason"].isna()]
     assert len(trained) == 5 and df["number"].is_unique
+    assert df.head(len(before))[["number", "spec"]].equals(before[["number", "spec"]])  # the same study, continued
 
 
 def test_resume_of_a_finished_study_points_at_its_winner_files(study_dir: Path, capsys):
@@ -303,20 +308,42 @@ def test_a_seeded_search_repeats_exactly_whatever_ran_before_in_the_process(tmp_
     assert wa["test_acc"] == wb["test_acc"]
 
 
-def test_alpha_is_fitted_to_the_budget():
+def _next_wider(spec: NetSpec, alpha_max: float) -> NetSpec | None:
+    """The first network wider than `spec` on a 1e-4 grid of alpha up to alpha_max (None: none is wider)."""
+    from dataclasses import replace
+
+    here = estimate(spec)
+    a = spec.alpha
+    while a < alpha_max:
+        a = min(alpha_max, round(a + 1e-4, 4))
+        wider = replace(spec, alpha=a)
+        if estimate(wider) != here:
+            return wider
+    return None
+
+
+def test_alpha_is_fitted_to_the_budget_and_is_the_largest_that_fits():
     space, shape = SearchSpace(), DataShape(1, 8, 10)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     budget = Budget(mflops=0.02, params=1000)
+    fits, checked, shrunk = analytic_fits(budget), 0, 0
     for _ in range(40):
         cand = sample(study.ask(), space, shape, budget)
-        if cand is not None:
-            assert cand.cost.macs <= 20_000 and cand.cost.params <= 1000
-            assert cand.cost == estimate(cand.spec)
-    # bisection finds the largest feasible alpha: one rounding step wider breaks the budget
+        if cand is None:
+            continue
+        checked += 1
+        assert cand.cost.macs <= 20_000 and cand.cost.params <= 1000
+        assert cand.cost == estimate(cand.spec)
+        wider = _next_wider(cand.spec, cand.alpha_sampled)
+        if cand.spec.alpha < cand.alpha_sampled:  # shrunk: the next wider network breaks the budget
+            shrunk += 1
+            assert wider is not None and not fits(wider), cand.spec.to_string()
+    assert checked >= 10 and shrunk >= 5, (checked, shrunk)  # the loop really checked something
+    # a network with nothing but a head: the largest alpha within 2,000 parameters
     spec = NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4,
                    stages=[], head=NetSpec().head)
     fitted = fit_alpha(spec, 4.0, analytic_fits(Budget(params=2000)))
-    assert estimate(fitted).params <= 2000
+    assert estimate(fitted).params <= 2000 < estimate(_next_wider(fitted, 4.0)).params
 
 
 def test_impossible_budget_fails_before_training():
