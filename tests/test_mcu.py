@@ -208,7 +208,7 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
     assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
     assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
-    assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.05 * row["flash_bytes"]
+    assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.08 * row["flash_bytes"]
     h = (d / "model_data.h").read_text()
     assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
     assert "TFLM int8 test acc" in stdout
@@ -235,4 +235,4 @@ def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
         a = r["alloc"]
         assert m.activation_bytes == a["head"], spec.to_string()
         assert a["total"] <= m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
-        assert r["file_bytes"] <= m.flash_bytes <= 1.05 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
+        assert r["file_bytes"] <= m.flash_bytes <= 1.08 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
