@@ -109,7 +109,9 @@ def read_graph(path: str | os.PathLike) -> TfliteGraph:
 
 
 def _check_full_integer(g: TfliteGraph, path: Path) -> None:
-    islands = sorted({n for n, _, _ in g.ops if n in FLOAT_ISLAND_OPS})
+    # QUANTIZE int8 -> int8 is a requantization TFLM runs in integers; from or to float it is a float island
+    islands = sorted({n for n, ins, outs in g.ops if n in FLOAT_ISLAND_OPS
+                      and any(g.tensors[t]["type"] == "FLOAT32" for t in ins[:1] + outs)})
     floats = sorted({g.ops[i][0] for i, (_, _, outs) in enumerate(g.ops)
                      if any(g.tensors[t]["type"] == "FLOAT32" for t in outs)})
     io = [g.tensors[t]["type"] for t in g.inputs + g.outputs]

@@ -200,7 +200,8 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     assert det["input_shape"] == [1, 8, 8, 1] and det["input_layout"] == "NHWC"
     assert isinstance(det["input_zero_point"], int) and det["input_scale"] > 0 and det["output_scale"] > 0
     g = read_graph(art)
-    assert not {"QUANTIZE", "DEQUANTIZE", "TRANSPOSE"} & set(g.op_names())  # full-integer, no input transpose
+    assert not {"DEQUANTIZE", "TRANSPOSE"} & set(g.op_names())  # full-integer, no input transpose
+    assert all(g.tensors[o[2][0]]["type"] != "FLOAT32" for o in g.ops)
     assert {g.tensors[i]["type"] for i in g.inputs + g.outputs} == {"INT8"}
     # int8 accuracy measured in TFLM on the whole test set, within a few points of fp32
     assert abs(row["int8_acc_change"]) <= 0.05 and row["test_acc"] > 0.8
