@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -x $(PY) || command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; edgenas needs \
+	Python 3.11 or newer: make $(MAKECMDGOALS) PYTHON=python3.12 (or the path of another)" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,mcu]'
+	$(PY) -m pip install -q -e '.[test,mcu,dashboard]'
 	touch $(STAMP)
+	@echo "environment ready in $(VENV)/: '. $(VENV)/bin/activate' (or $(PY) -m ...) runs the README's commands"
 
 run: $(STAMP)
 	$(PY) -m search.run --budget-mflops 50

@@ -8,7 +8,9 @@ One row per trial. Column conventions (accuracy in [0, 1], MFLOPs = million mult
   search records it, max-pool downsampling stages appear as ``maxpool``), ``n_block_types`` (catalog blocks
   only), ``n_stages``, ``depth`` (blocks in all stages), ``resolution`` (input side in px), ``alpha``
   (width multiplier *after* fitting to the budget), ``rho`` (resolution multiplier), ``spec`` (NetSpec string)
-- costs: ``mflops``, ``params``, ``latency_ms`` (median CPU ms at batch 1), ``budget_share`` (largest fraction
+- costs: ``mflops``, ``params``, ``latency_ms`` (median CPU ms at batch 1), ``sram_kb`` (int8 TFLM tensor arena:
+  activations + runtime overhead), ``arena_kb`` (its activation part), ``flash_kb`` (.tflite file), all from
+  ``archs.memory`` in kB = 1,024 bytes, ``budget_share`` (largest fraction
   of any budget used; 1.0 = at the limit)
 - results: ``val_acc`` (validation accuracy at the last epoch; what the search optimizes), ``best_val_acc``,
   ``confirms`` (the trial whose candidate a confirmation trial re-trained with another seed, else NaN),
@@ -41,13 +43,14 @@ __all__ = ["StudySource", "open_sources", "open_study", "load", "load_stages", "
 #: tidy columns in table order (``value_*``, ``param_*``, ``winner_dir`` follow)
 TRIAL_COLUMNS = ["study", "number", "state", "infeasible", "duration_s", "datetime_start", "datetime_complete",
                  "blocks", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
-                 "latency_ms", "budget_share", "val_acc", "best_val_acc", "confirms", "candidate_val_acc",
-                 "candidate_evals", "test_acc", "winner_rank", "epochs_run", "train_seconds", "fail_reason", "spec",
+                 "latency_ms", "sram_kb", "arena_kb", "flash_kb", "budget_share", "val_acc", "best_val_acc",
+                 "confirms", "candidate_val_acc", "candidate_evals", "test_acc", "winner_rank", "epochs_run", "train_seconds", "fail_reason", "spec",
                  "sampler", "objectives"]
 
 #: the numeric ones among them
 NUMERIC = ["duration_s", "n_block_types", "n_stages", "depth", "resolution", "alpha", "rho", "mflops", "params",
-           "latency_ms", "budget_share", "val_acc", "best_val_acc", "confirms", "candidate_val_acc", "candidate_evals",
+           "latency_ms", "sram_kb", "arena_kb", "flash_kb", "budget_share", "val_acc", "best_val_acc", "confirms",
+           "candidate_val_acc", "candidate_evals",
            "test_acc", "winner_rank", "epochs_run", "train_seconds"]
 _NOT_BLOCKS = ("maxpool",)  # layer kinds recorded in `blocks` that are not catalog blocks
 _STORAGE_FILES = ("study.db", "journal", "study.journal", "journal.log")
@@ -93,10 +96,11 @@ class StudySource:
         return self.config.get("sampler")
 
     def budgets(self) -> dict[str, float]:
-        """The hard budgets from config.json: keys among mflops, params, latency_ms."""
+        """The hard budgets from config.json: keys among mflops, params, latency_ms, sram_kb, flash_kb."""
         out = {}
         for key, name in (("budget_mflops", "mflops"), ("budget_params", "params"),
-                          ("budget_latency_ms", "latency_ms")):
+                          ("budget_latency_ms", "latency_ms"), ("budget_sram_kb", "sram_kb"),
+                          ("budget_flash_kb", "flash_kb")):
             v = self.config.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
                 out[name] = float(v)

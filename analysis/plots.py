@@ -25,6 +25,8 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 _LABELS = {"mflops": "MFLOPs (million multiply-adds)", "params": "parameters (count; k = thousand)",
            "latency_ms": "CPU latency at batch 1 (ms)", "val_acc": "validation accuracy (%)",
+           "sram_kb": "peak SRAM: int8 TFLM tensor arena (kB = 1,024 bytes)",
+           "flash_kb": "flash: int8 .tflite (kB = 1,024 bytes)",
            "test_acc": "test accuracy (%)", "best_val_acc": "best validation accuracy (%)",
            "budget_share": "share of the budget used (%)"}
 _PARAM_LABELS = {"alpha": "alpha (sampled upper bound)", "rho": "rho (resolution mult.)", "lr": "learning rate"}
@@ -96,7 +98,8 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "mflops", y: str = "val_acc", front
     with each study's Pareto front as a step line, the retrained winners ringed, and the budget as a dashed
     vertical line when given."""
     fig, ax = _figure(figsize=(STYLE["figsize"][0], STYLE["figsize"][1] + 0.8))
-    xname = {"mflops": "MFLOPs", "params": "parameters", "latency_ms": "latency"}.get(x, x)
+    xname = {"mflops": "MFLOPs", "params": "parameters", "latency_ms": "latency", "sram_kb": "peak SRAM",
+             "flash_kb": "flash"}.get(x, x)
     title = title or f"{_axis_label(y).split(' (')[0].capitalize()} vs {xname}"
     need = {x, y}
     if df.empty or not need <= set(df.columns):
@@ -129,7 +132,8 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "mflops", y: str = "val_acc", front
         ax.scatter([], [], s=190, facecolors="none", edgecolors="0.3", linewidths=2.0,
                    label="winner: retrained, tested once")
     if budget is not None and math.isfinite(budget):
-        unit = {"mflops": " MFLOPs", "params": " params", "latency_ms": " ms"}.get(x, "")
+        unit = {"mflops": " MFLOPs", "params": " params", "latency_ms": " ms", "sram_kb": " kB",
+                "flash_kb": " kB"}.get(x, "")
         ax.axvline(budget, color="0.25", linestyle="--", linewidth=1.3, zorder=2,
                    label=f"budget: {budget:,.4g}{unit}")
     if logx is None:

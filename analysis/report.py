@@ -89,6 +89,10 @@ def _budget_text(src: StudySource) -> str:
         parts.append(f"{b['params']:,.0f} params")
     if "latency_ms" in b:
         parts.append(f"{b['latency_ms']:g} ms")
+    if "sram_kb" in b:
+        parts.append(f"{b['sram_kb']:g} kB arena")
+    if "flash_kb" in b:
+        parts.append(f"{b['flash_kb']:g} kB flash")
     return ", ".join(parts) or "-"
 
 
@@ -252,6 +256,13 @@ def _tradeoff_section(r: _Report) -> list[str]:
                                title="Validation accuracy vs parameters (Pareto front per study)"),
                  "accuracy_vs_params.png")
     md += ["## Accuracy vs parameters", "", f"![accuracy vs parameters]({img})", ""]
+    if "sram_kb" in df.columns and pd.to_numeric(df["sram_kb"], errors="coerce").notna().any():
+        img = r.plot(plot_tradeoff(df, x="sram_kb", budget=_common_budget(sources, "sram_kb"),
+                                   title="Validation accuracy vs peak SRAM (int8 TFLM tensor arena)"),
+                     "accuracy_vs_sram.png")
+        md += ["## Accuracy vs peak SRAM", "", f"![accuracy vs peak SRAM]({img})", "",
+               "Peak SRAM is the whole TensorFlow Lite Micro tensor arena of the int8 model (activations plus "
+               "runtime overhead, `archs.memory`; kB = 1,024 bytes); the dashed line is --budget-sram-kb.", ""]
     lim = _limits_table(df, sources)
     r.tables["best_under"] = lim
     if len(lim):

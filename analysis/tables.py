@@ -86,15 +86,18 @@ def pareto(df: pd.DataFrame, maximize: str | Sequence[str] = "val_acc", minimize
 
 def best_under(df: pd.DataFrame, mflops: float | str | None = None, params: float | str | None = None,
                latency_ms: float | str | None = None, by: str = "val_acc", n: int = 1,
-               per_study: bool = False, by_candidate: bool = True) -> pd.DataFrame:
-    """The `n` best rows by `by` (highest first) whose costs are within every limit given.
+               per_study: bool = False, by_candidate: bool = True, sram_kb: float | str | None = None,
+               flash_kb: float | str | None = None) -> pd.DataFrame:
+    """The `n` best rows by `by` (highest first) whose costs are within every limit given (sram_kb: int8 TFLM
+    tensor arena, flash_kb: .tflite file, kB = 1,024 bytes).
 
     Limits take plain numbers or suffixes (``params="5k"``). Ties go to fewer MFLOPs, then fewer params, then
     the earlier trial. Empty when nothing fits. `per_study=True` gives the best `n` of each study.
     `by_candidate` (default): one row per candidate, ``val_acc`` its mean over ``runs`` (`candidates`).
     """
     limits = {k: parse_quantity(v, k) for k, v in (("mflops", mflops), ("params", params),
-                                                   ("latency_ms", latency_ms)) if v is not None}
+                                                   ("latency_ms", latency_ms), ("sram_kb", sram_kb),
+                                                   ("flash_kb", flash_kb)) if v is not None}
     if by not in df.columns:
         raise KeyError(f"no column {by!r} in the table")
     if by_candidate:

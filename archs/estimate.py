@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .plan import Block, resolve
-from .registry import get_kind, kinds
+from .registry import costs, get_kind
 
-_REGISTRY = kinds()
+_COSTS = costs()
 from .spec import NetSpec
 
 
@@ -43,12 +43,12 @@ def estimate(spec: NetSpec) -> Cost:
     plan = resolve(spec)
     macs = params = 0
     norm = spec.norm
-    registry = _REGISTRY
+    cost_of = _COSTS
     for b in plan.blocks:
-        kind = registry.get(b.kind)
-        if kind is None:
+        cost = cost_of.get(b.kind)
+        if cost is None:
             get_kind(b.kind)  # raises SpecError naming the known kinds
-        m, p = kind.cost(b, norm)
+        m, p = cost(b, norm)
         macs += m
         params += p
     for kind, cin, cout in plan.head:

@@ -105,8 +105,8 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
             raise UserError(f"cannot load checkpoint {path}: not a PyTorch checkpoint (unpickling failed)") from None
         # what weights_only refuses: Python objects that could run code when loaded (torch's own message goes on
         # to suggest weights_only=False, which is exactly what must not be done with a file one does not trust)
-        raise UserError(f"cannot load checkpoint {path}: refused, it holds Python objects other than tensors and loading them "
-                        "could run arbitrary code; save a plain state_dict (tensors only)") from None
+        raise UserError(f"cannot load checkpoint {path}: refused, it holds Python objects other than tensors and "
+                        "loading them could run arbitrary code; save a plain state_dict (tensors only)") from None
     except Exception as e:  # truncated zip, garbage
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}{': ' + first if first else ''}") from None

@@ -36,8 +36,8 @@ def resolve(spec: "NetSpec") -> Plan:
     """Concrete blocks of `spec` at its input size. Raises SpecError when the feature map vanishes.
 
     Hot path of `estimate` (the search screens thousands of candidates): a conv-like kind's `stage` looks its
-    arguments up once per stage and its `extra` gives each block's derived widths; the output-size arithmetic
-    (`conv_out`) is inlined. Other kinds (pooling) resolve their stage themselves.
+    arguments up once per stage and gives the derived widths (`Block.extra`) of its first and later blocks; the
+    output-size arithmetic (`conv_out`) is inlined. Other kinds (pooling) resolve their stage themselves.
     """
     h = w = spec.input_size
     c = spec.in_chans

@@ -4,7 +4,8 @@
     python -m archs.predict results/<study>/compress/02_quantize_int8 a.png b.jpg --top 3
 
 The folder's metrics.json says how to prepare the images (`archs.preprocess.Preprocessing`); each artifact found
-(model.pt or model.huff through PyTorch, *.onnx through ONNX Runtime) classifies them, and the top classes are
+(model.pt or model.huff through PyTorch, *.onnx through ONNX Runtime, *.tflite through TensorFlow Lite
+Micro) classifies them, and the top classes are
 printed with their probabilities (softmax of the logits), one row per image and artifact. A new artifact type is
 one entry of `LOADERS`.
 """
@@ -60,6 +61,15 @@ def _load_onnx(path: Path) -> Runner:
     return lambda x: sess.run(None, {name: x.astype(np.float32)})[0]
 
 
+def _load_tflite(path: Path) -> Runner:
+    """model_int8.tflite (compress.run --export tflite) in TensorFlow Lite Micro: int8 NHWC in, int8 out, with the
+    scales and zero points of its metrics.json (compress.tflite.TflmModel quantizes and dequantizes)."""
+    from compress.modeldir import load_stage
+
+    model = load_stage(path.parent)
+    return lambda x: model(torch.from_numpy(x)).numpy()
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One artifact type: the file names it matches (glob), the name printed, and its loader."""
@@ -74,6 +84,7 @@ LOADERS: list[Artifact] = [
     Artifact("model.pt", "pytorch", _load_pytorch),
     Artifact("model.huff", "pytorch (huffman)", _load_pytorch),
     Artifact("*.onnx", "onnxruntime", _load_onnx),
+    Artifact("*.tflite", "tflite-micro", _load_tflite),
 ]
 
 

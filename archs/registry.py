@@ -89,7 +89,8 @@ class BlockKind:
     search: tuple[Choice, ...] | None = None    # searched arguments in suggest order; None: not searchable
     default_space: bool = False                 # in the search's default `--space`
     smallest: Callable[[Any], dict] | None = None  # SearchSpace -> the cheapest arguments (feasibility check)
-    templates: Mapping[str, dict] = field(default_factory=dict)  # classic designs, as search parameters
+    templates: Mapping[str, dict] = field(default_factory=dict)  # classic designs for the search's warm start:
+    #   name -> {stem_channels, stages: [(channels, downsample, args)], head, dropout}
     examples: Mapping[str, Any] = field(default_factory=dict)  # arg -> values (or (c_in, c_out, kernel) -> values)
     #   that exercise the cost model's corners; None = leave the argument out. Test strategies and
     #   benchmarks/specgen.py draw every registered kind's stages from these.
@@ -118,6 +119,12 @@ class BlockKind:
 
 
 _KINDS: dict[str, BlockKind] = {}
+_COSTS: dict[str, Callable[[Block, bool], tuple[int, int]]] = {}  # name -> cost, for `estimate`'s hot loop
+
+
+def costs() -> Mapping[str, Callable[[Block, bool], tuple[int, int]]]:
+    """Every registered kind's cost function by name (read-only view; `estimate`'s per-block lookup)."""
+    return _COSTS
 
 
 def register(kind: BlockKind) -> BlockKind:
@@ -130,6 +137,7 @@ def register(kind: BlockKind) -> BlockKind:
             if a == b or (a.startswith(b) and a[len(b):].isdigit()):
                 raise ValueError(f"block kind {kind.name!r}: string token {kind.token!r} clashes with {other.name!r}")
     _KINDS[kind.name] = kind
+    _COSTS[kind.name] = kind.cost
     return kind
 
 

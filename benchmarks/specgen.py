@@ -49,8 +49,8 @@ def _stage(rng: random.Random, name: str, spec: NetSpec, c_in: int, large: bool)
                      args=_args(rng, kind, c_in, out, k), scale=not same)
 
 
-def random_spec(rng: random.Random) -> NetSpec:
-    """One random valid spec drawn from `rng`."""
+def random_spec(rng: random.Random, kinds: tuple[str, ...] = BLOCKS) -> NetSpec:
+    """One random valid spec drawn from `rng`, its stages of the block `kinds` (default: every registered one)."""
     large = rng.random() < 0.1
     spec = NetSpec(num_classes=rng.choice((10, 10, 100, 1000) if large else (2, 10, 10, 26)),
                    in_chans=3 if large else rng.choice((1, 3)),
@@ -69,7 +69,7 @@ def random_spec(rng: random.Random) -> NetSpec:
     while len(spec.stages) < n_stages and tries < 4 * n_stages:
         tries += 1
         c_in = resolve(spec).feat_ch
-        spec.stages.append(_stage(rng, rng.choice(BLOCKS), spec, c_in, large))
+        spec.stages.append(_stage(rng, rng.choice(kinds), spec, c_in, large))
         if not _ok(spec):
             spec.stages.pop()
     kind = rng.choice(("pool", "pool", "flatten", "conv")) if not large else rng.choice(("pool", "conv"))
@@ -80,7 +80,7 @@ def random_spec(rng: random.Random) -> NetSpec:
     return spec.validate()
 
 
-def random_specs(n: int, seed: int = 0) -> list[NetSpec]:
-    """`n` random valid specs, the same for the same seed."""
+def random_specs(n: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[NetSpec]:
+    """`n` random valid specs, the same for the same seed (and `kinds`, default every registered block kind)."""
     rng = random.Random(seed)
-    return [random_spec(rng) for _ in range(n)]
+    return [random_spec(rng, tuple(kinds) if kinds else BLOCKS) for _ in range(n)]

@@ -24,7 +24,8 @@ from archs.units import parse_quantity
 from training.data import load_data
 
 from .prune import METHODS
-from .stages import _STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages, validate_stages
+from .stages import (_STAGE_DIR, QUANT_MODES, CompressConfig, Stage, format_table, load_model, run_stages,
+                     validate_stages)
 
 __all__ = ["build_parser", "main"]
 
@@ -157,8 +158,10 @@ def _origin(model_dir: Path, metrics: dict) -> dict:
 
 
 def holds_run(d: Path) -> bool:
-    """`d` holds a compression run's results (stages.csv or NN_<stage> folders)."""
-    return d.is_dir() and any(p.name == "stages.csv" or (p.is_dir() and _STAGE_DIR.match(p.name)) for p in d.iterdir())
+    """`d` holds a compression run's results: stages.csv, or an NN_<stage> folder with its metrics.json (a folder
+    that a failed run left without one holds no result)."""
+    return d.is_dir() and any(p.name == "stages.csv" or (p.is_dir() and _STAGE_DIR.match(p.name)
+                                                          and (p / "metrics.json").is_file()) for p in d.iterdir())
 
 
 def run_folder(out: Path) -> Path:

@@ -425,6 +425,12 @@ class _RunState:
                 "details": _json_safe(details), PREPROCESSING_KEY: self.preprocessing}
         if artifact.suffix == ".onnx":
             meta["io"] = onnx_io(artifact)
+        elif artifact.suffix == ".tflite":  # full-integer: int8 NHWC input, int8 logits
+            meta["io"] = {"input": {"dtype": "int8", "layout": details.get("input_layout", "NHWC"),
+                                    "shape": details.get("input_shape"), "scale": details.get("input_scale"),
+                                    "zero_point": details.get("input_zero_point")},
+                          "output": {"dtype": "int8", "scale": details.get("output_scale"),
+                                     "zero_point": details.get("output_zero_point")}}
         atomic_write_json(d / "metrics.json", meta)
         atomic_write_text(self.out / "stages.csv", self.table().to_csv(index=False))
         self.say(f"{label}: test {100 * row['test_acc']:.2f}%  {row['mflops']:.4g} MFLOPs  "

@@ -10,6 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 from archs import build, estimate, latency
+from archs.memory import memory, supported
 from archs.spec import POOL_BLOCKS, NetSpec
 from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
@@ -19,7 +20,8 @@ from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sam
 from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
 
-COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms"}
+COST_OBJECTIVES = {"mflops": "mflops", "params": "params_count", "latency": "latency_ms", "sram": "sram_kb",
+                   "flash": "flash_kb"}
 
 #: A hard latency budget on a noisy CPU: α is fitted to (1 - LATENCY_MARGIN) x --budget-latency-ms on one
 #: measurement per candidate, then the fitted network is measured again (the confirmation, the trial's recorded
@@ -120,12 +122,19 @@ class Objective:
         trial.set_user_attr("mflops", cost.macs / 1e6)
         trial.set_user_attr("params_count", cost.params)
         trial.set_user_attr("latency_ms", lat)
-        trial.set_user_attr("budget_share", self.budget.share(cost, lat))
+        # int8 TFLM memory, kB = 1,024 bytes (None for block kinds archs.memory does not model yet)
+        mem = memory(spec) if all(supported(k) for k in spec.block_types()) else None
+        nan = float("nan")
+        trial.set_user_attr("sram_kb", mem.arena_bytes / 1024 if mem else None)
+        trial.set_user_attr("arena_kb", mem.activation_bytes / 1024 if mem else None)
+        trial.set_user_attr("flash_kb", mem.flash_bytes / 1024 if mem else None)
+        trial.set_user_attr("budget_share", self.budget.share(cost, lat, mem))
         trial.set_user_attr("hparams", hp)
         cfg = replace(self.train_cfg, seed=self.train_cfg.seed + trial.number, **hp)
         train, val = self.split(spec.input_size)
         curve: list[float] = []
-        own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat}
+        own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat,
+                    "sram_kb": mem.arena_bytes / 1024 if mem else nan, "flash_kb": mem.flash_bytes / 1024 if mem else nan}
         confirming = CONFIRMS in trial.user_attrs  # a re-evaluation runs to the end: its mean must be fair
 
         def on_epoch(epoch: int, acc: float) -> None:

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max trainable parameters; suffixes k/M accepted, e.g. 100k, 1.2M")
     g.add_argument("--budget-latency-ms", type=_quantity,
                    help="max median CPU latency at batch 1, in milliseconds, measured on this machine")
+    g.add_argument("--budget-sram-kb", type=_quantity,
+                   help="max int8 TensorFlow Lite Micro tensor arena (activations + runtime overhead), kB "
+                        "(1 kB = 1,024 bytes), computed by archs.memory before training")
+    g.add_argument("--budget-flash-kb", type=_quantity,
+                   help="max int8 .tflite model file (flash), kB (1 kB = 1,024 bytes), computed by archs.memory")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
                    help="digits (embedded, no download), mnist, fashion-mnist, cifar10, svhn, or folder:PATH")
@@ -72,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
     g.add_argument("--objectives", type=_list, default=["accuracy"],
-                   help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency")
+                   help="'accuracy' or a Pareto search: accuracy,mflops | accuracy,params | accuracy,latency | "
+                        "accuracy,sram (TFLM tensor arena) | accuracy,flash (.tflite bytes)")
     g.add_argument("--space", type=_list, default=list(DEFAULT_BLOCKS),
                    help=f"block types the search may use, comma-separated from: {','.join(SEARCHABLE_BLOCKS)} "
                         f"(default: {','.join(DEFAULT_BLOCKS)})")
@@ -117,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         raise UserError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
     return SearchConfig(
         budget_mflops=args.budget_mflops, budget_params=args.budget_params, budget_latency_ms=args.budget_latency_ms,
+        budget_sram_kb=args.budget_sram_kb, budget_flash_kb=args.budget_flash_kb,
         dataset=args.dataset, data_dir=args.data_dir, download=args.download, image_size=args.image_size,
         trials=args.trials, timeout=args.timeout, epochs=args.epochs, final_epochs=args.final_epochs,
         batch_size=args.batch_size, sampler=args.sampler, pruner=args.pruner, objectives=args.objectives,

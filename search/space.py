@@ -14,6 +14,7 @@ from typing import Any, Callable
 import optuna
 
 from archs import Cost, HeadSpec, NetSpec, StageSpec, StemSpec, estimate
+from archs.memory import Memory, memory
 from archs.errors import SpecError, UserError
 from archs.registry import default_space, get_kind, kinds, searchable
 from archs.units import format_quantity
@@ -26,23 +27,41 @@ DEFAULT_BLOCKS = default_space()
 
 @dataclass
 class Budget:
-    """Hard limits; None means unconstrained. MFLOPs = million multiply-adds as fvcore counts them."""
+    """Hard limits; None means unconstrained. MFLOPs = million multiply-adds as fvcore counts them; sram_kb bounds
+    the whole TFLM tensor arena (activations + runtime overhead) and flash_kb the int8 .tflite file, both in kB
+    (1 kB = 1,024 bytes) as `archs.memory` computes them."""
 
     mflops: float | None = None
     params: float | None = None
     latency_ms: float | None = None
+    sram_kb: float | None = None
+    flash_kb: float | None = None
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.mflops, self.params, self.latency_ms))
+        return any(v is not None for v in (self.mflops, self.params, self.latency_ms, self.sram_kb, self.flash_kb))
+
+    @property
+    def mcu(self) -> bool:
+        """True when a microcontroller budget (arena or flash) is set."""
+        return self.sram_kb is not None or self.flash_kb is not None
 
     def fits(self, cost: Cost) -> bool:
         """True when the analytic cost is within the MFLOPs and parameter budgets."""
         return ((self.mflops is None or cost.macs <= self.mflops * 1e6)
                 and (self.params is None or cost.params <= self.params))
 
-    def share(self, cost: Cost, latency_ms: float | None = None) -> float:
+    def fits_memory(self, mem: Memory) -> bool:
+        """True when the int8 TFLM arena and flash are within the microcontroller budgets."""
+        return ((self.sram_kb is None or mem.arena_bytes <= self.sram_kb * 1024)
+                and (self.flash_kb is None or mem.flash_bytes <= self.flash_kb * 1024))
+
+    def share(self, cost: Cost, latency_ms: float | None = None, mem: Memory | None = None) -> float:
         """Largest fraction of any budget used (1.0 = exactly at the limit)."""
         shares = []
+        if mem is not None and self.sram_kb is not None:
+            shares.append(mem.arena_bytes / (self.sram_kb * 1024))
+        if mem is not None and self.flash_kb is not None:
+            shares.append(mem.flash_bytes / (self.flash_kb * 1024))
         if self.mflops is not None:
             shares.append(cost.macs / (self.mflops * 1e6))
         if self.params is not None:
@@ -59,6 +78,10 @@ class Budget:
             parts.append(f"{format_quantity(self.params)} params")
         if self.latency_ms is not None:
             parts.append(f"{self.latency_ms:g} ms CPU latency")
+        if self.sram_kb is not None:
+            parts.append(f"{self.sram_kb:g} kB tensor arena")
+        if self.flash_kb is not None:
+            parts.append(f"{self.flash_kb:g} kB flash")
         return ", ".join(parts) or "no budget"
 
 
@@ -189,12 +212,21 @@ def fit_alpha(spec: NetSpec, alpha_max: float, fits: Callable[[NetSpec], bool], 
 
 
 def analytic_fits(budget: Budget) -> Callable[[NetSpec], bool]:
-    def fits(spec: NetSpec) -> bool:
+    """Budget check from the spec alone: MFLOPs and params by `estimate`, arena and flash by `memory`."""
+    if not budget.mcu:
+        def fits(spec: NetSpec) -> bool:
+            try:
+                return budget.fits(estimate(spec))
+            except SpecError:
+                return False
+        return fits
+
+    def fits_mcu(spec: NetSpec) -> bool:
         try:
-            return budget.fits(estimate(spec))
+            return budget.fits(estimate(spec)) and budget.fits_memory(memory(spec))
         except SpecError:
             return False
-    return fits
+    return fits_mcu
 
 
 def sample(trial: optuna.Trial, space: SearchSpace, shape: DataShape, budget: Budget) -> Candidate | None:
@@ -207,9 +239,8 @@ def sample(trial: optuna.Trial, space: SearchSpace, shape: DataShape, budget: Bu
     return Candidate(fitted, estimate(fitted), hp, alpha)
 
 
-def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cost]:
-    """The cheapest network the space can produce (one stage, narrowest, lowest rho, alpha at its floor)."""
-    best: tuple[NetSpec, Cost] | None = None
+def _smallest_candidates(space: SearchSpace, shape: DataShape):
+    """(spec, cost) of the one-stage, narrowest, lowest-rho networks at the alpha floor, one per block type."""
     rho = min(space.rho)
     for block in space.blocks:
         kind = get_kind(block, f"--space {block}")
@@ -224,14 +255,28 @@ def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cos
                            stages=[StageSpec(block, space.channels[0], 1, stride, kind.kernel or k, args)],
                            head=HeadSpec("pool"))
             try:
-                cost = estimate(spec)
+                yield spec, estimate(spec)
             except SpecError:
                 continue
-            if best is None or (cost.macs, cost.params) < (best[1].macs, best[1].params):
-                best = (spec, cost)
+
+
+def smallest_network(space: SearchSpace, shape: DataShape) -> tuple[NetSpec, Cost]:
+    """The cheapest network the space can produce (one stage, narrowest, lowest rho, alpha at its floor)."""
+    best: tuple[NetSpec, Cost] | None = None
+    for spec, cost in _smallest_candidates(space, shape):
+        if best is None or (cost.macs, cost.params) < (best[1].macs, best[1].params):
+            best = (spec, cost)
     if best is None:
         raise UserError("the search space cannot produce any network for this input size")
     return best
+
+
+def smallest_memory(space: SearchSpace, shape: DataShape) -> tuple[int, int]:
+    """The smallest tensor arena and the smallest flash (bytes) among the space's smallest networks."""
+    mems = [memory(spec) for spec, _ in _smallest_candidates(space, shape)]
+    if not mems:
+        raise UserError("the search space cannot produce any network for this input size")
+    return min(m.arena_bytes for m in mems), min(m.flash_bytes for m in mems)
 
 
 def check_feasible(space: SearchSpace, shape: DataShape, budget: Budget) -> tuple[NetSpec, Cost]:
@@ -246,6 +291,15 @@ def check_feasible(space: SearchSpace, shape: DataShape, budget: Budget) -> tupl
         raise UserError(f"impossible budget ({' and '.join(over)}): the smallest network in the search space costs "
                         f"{cost.macs / 1e6:.4g} MFLOPs and {cost.params:,} params at {shape.in_chans}x"
                         f"{spec.input_size}x{spec.input_size} input")
+    if budget.mcu:
+        arena, flash = smallest_memory(space, shape)
+        if (budget.sram_kb is not None and arena > budget.sram_kb * 1024) or \
+                (budget.flash_kb is not None and flash > budget.flash_kb * 1024):
+            given = " and ".join(f"{flag} {v:g}" for flag, v in (("--budget-sram-kb", budget.sram_kb),
+                                                                 ("--budget-flash-kb", budget.flash_kb)) if v is not None)
+            raise UserError(f"impossible budget ({given}): the smallest networks in the search space need a "
+                            f"{arena / 1024:.1f} kB tensor arena and {flash / 1024:.1f} kB of flash at the least "
+                            f"(int8, TensorFlow Lite Micro; 1 kB = 1,024 bytes)")
     return spec, cost
 
 

@@ -48,7 +48,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 10
 DEFAULT_GRACE_PERIOD = 30
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 SQLITE_BUSY_TIMEOUT_S = 60
-DEFAULT_STORAGE_TIMEOUT_S = 300.0  # how long a database may stay unreachable before a worker gives up (--storage-timeout)
+DEFAULT_STORAGE_TIMEOUT_S = 300.0  # s a database may stay unreachable before a worker gives up (--storage-timeout)
 
 _QUERY_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;]+)")
 
@@ -194,7 +194,7 @@ class StorageGaveUp(UserError):
 
 
 _NOT_TRANSIENT = ("password authentication failed", "authentication failed", "does not exist", "no such table",
-                  "disk is full", "disk i/o error", "readonly database", "read-only", "permission denied",
+                  "disk is full", "disk i/o error", "readonly database", "permission denied",
                   "no pg_hba.conf entry", "unable to open database file")
 _TRANSIENT = ("database is locked", "connection refused", "could not connect", "server closed the connection",
               "terminating connection", "connection reset", "connection timed out", "timeout expired",

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from archs import Cost, build, count, latency
 from archs.cli import progress
 from archs.errors import UserError
+from archs.memory import memory, supported
 from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from archs.spec import NetSpec
 from training.data import AUGMENTS, Splits, load_data
@@ -35,7 +36,7 @@ from .workers import (ClaimKeeper, LocalWorkers, SigintDeferral, TrialLoop, chec
                       describe_exit, die_with_parent, finished_count, interrupt_seen, is_counted, sigint_once,
                       stop_exit_code, worker_device)
 
-OBJECTIVES = ("accuracy", "mflops", "params", "latency")
+OBJECTIVES = ("accuracy", "mflops", "params", "latency", "sram", "flash")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -46,6 +47,8 @@ class SearchConfig:
     budget_mflops: float | None = None
     budget_params: float | None = None
     budget_latency_ms: float | None = None
+    budget_sram_kb: float | None = None    # whole TFLM tensor arena, kB (1 kB = 1,024 bytes)
+    budget_flash_kb: float | None = None   # int8 .tflite file, kB
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -84,7 +87,8 @@ class SearchConfig:
 
     @property
     def budget(self) -> Budget:
-        return Budget(self.budget_mflops, self.budget_params, self.budget_latency_ms)
+        return Budget(self.budget_mflops, self.budget_params, self.budget_latency_ms, self.budget_sram_kb,
+                      self.budget_flash_kb)
 
     @property
     def multi(self) -> bool:
@@ -92,7 +96,11 @@ class SearchConfig:
 
     def validate(self) -> "SearchConfig":
         if not self.budget.any():
-            raise UserError("give at least one budget: --budget-mflops, --budget-params or --budget-latency-ms")
+            raise UserError("give at least one budget: --budget-mflops, --budget-params, --budget-latency-ms, "
+                            "--budget-sram-kb or --budget-flash-kb")
+        for flag, v in (("--budget-sram-kb", self.budget_sram_kb), ("--budget-flash-kb", self.budget_flash_kb)):
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise UserError(f"{flag} must be a positive number of kB, got {v!r}")
         for name in ("trials", "epochs", "final_epochs", "top_k", "batch_size", "max_stages", "n_workers",
                      "threads"):
             v = getattr(self, name)
@@ -120,8 +128,13 @@ class SearchConfig:
         if not obj or obj[0] != "accuracy" or len(obj) > 2 or any(o not in OBJECTIVES for o in obj) \
                 or (len(obj) == 2 and obj[1] == "accuracy"):
             raise UserError(f"--objectives must be 'accuracy' or 'accuracy,COST' with COST in mflops, params, "
-                            f"latency; got {','.join(obj)!r}")
+                            f"latency, sram, flash; got {','.join(obj)!r}")
         SearchSpace(blocks=tuple(self.space)).validate()
+        if self.budget.mcu or any(o in ("sram", "flash") for o in obj):
+            missing = [b for b in self.space if not supported(b)]
+            if missing:
+                raise UserError(f"--budget-sram-kb / --budget-flash-kb / sram and flash objectives: archs.memory does "
+                                f"not model block kind(s) {', '.join(missing)} yet; leave them out of --space")
         if not self.rho or any(not (isinstance(r, (int, float)) and 0 < r <= 8) for r in self.rho):
             raise UserError(f"--rho needs resolution multipliers in (0, 8], got {self.rho!r}")
         if self.study_name is not None and not _NAME_RE.match(self.study_name):
@@ -172,7 +185,9 @@ def study_dir(cfg: SearchConfig) -> Path:
 def default_study_name(cfg: SearchConfig) -> str:
     b = cfg.budget
     tag = "-".join(x for x in (f"{b.mflops:g}mflops" if b.mflops else "", f"{b.params:g}params" if b.params else "",
-                               f"{b.latency_ms:g}ms" if b.latency_ms else "") if x)
+                               f"{b.latency_ms:g}ms" if b.latency_ms else "",
+                               f"{b.sram_kb:g}kBsram" if b.sram_kb else "", f"{b.flash_kb:g}kBflash" if b.flash_kb else "")
+                   if x)
     return f"{cfg.dataset.split(':')[0]}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -598,10 +613,16 @@ def retrain_winners(study: optuna.Study, cfg: SearchConfig, data: Splits, device
         if (b.mflops is not None and counted.macs > b.mflops * 1e6) or (b.params is not None and counted.params > b.params):
             raise RuntimeError(f"internal error: winner {t.number} is over budget by fvcore's count")
         lat1 = latency(model, batch_size=1)
+        mem = memory(spec) if all(supported(k) for k in spec.block_types()) else None
+        if mem is not None and not b.fits_memory(mem):
+            raise RuntimeError(f"internal error: winner {t.number} is over the arena / flash budget")
         metrics = {"trial": t.number, "rank": rank, "spec": spec.to_string(), "mflops": counted.macs / 1e6,
                    "macs": counted.macs, "params": counted.params, "latency_ms": lat1,
+                   "sram_kb": mem.arena_bytes / 1024 if mem else None,
+                   "arena_kb": mem.activation_bytes / 1024 if mem else None,
+                   "flash_kb": mem.flash_bytes / 1024 if mem else None,
                    "val_acc": val_acc, "val_evals": evals, "test_acc": test_acc, "final_epochs": cfg.final_epochs,
-                   "retrain_seconds": seconds, "budget_share": cfg.budget.share(Cost(counted.macs, counted.params), lat1),
+                   "retrain_seconds": seconds, "budget_share": cfg.budget.share(Cost(counted.macs, counted.params), lat1, mem),
                    "dataset": cfg.dataset, "distilled_from": cfg.distill_from,
                    "saved_by": str(saved_by or WorkerId.current()),
                    PREPROCESSING_KEY: Preprocessing.from_data(data, spec).to_dict()}

@@ -9,10 +9,11 @@ One study, any number of workers (processes, on one machine or many). Each worke
    for the running ones; otherwise `ask` a trial (a queued retry first), record its first heartbeat and who runs
    it. Counting and asking under one lock means the study never holds more than --trials counted trials, however
    many workers share it.
-2. Outside the lock: run the objective with a heartbeat thread, then `tell` the result. Ctrl-C records the
-   trial as FAIL "interrupted" before the KeyboardInterrupt goes on; Ctrl-C between the ask and the start of
-   the objective, or during the bookkeeping after it, is held back (`SigintDeferral`) so that no trial is
-   left RUNNING.
+2. Outside the lock: run the objective with a heartbeat thread, then `tell` the result. Ctrl-C (and SIGTERM,
+   which behaves the same) records the trial as FAIL "interrupted" before the KeyboardInterrupt goes on; a stop
+   signal between the ask and the start of the objective, or during the bookkeeping after it, is held back
+   (`SigintDeferral`) so that no trial is left RUNNING. A worker of --n-workers stops when its parent dies
+   (`die_with_parent`).
 
 After the loop one worker retrains the winners: the first to claim them in the study's user attributes
 (`winners_claim`, set under the same lock); a claim whose worker died is taken over.

@@ -15,7 +15,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -122,6 +121,7 @@ def _running(storage, name: str) -> list:
         return []
 
 
+@pytest.mark.slow
 def test_sqlite_locked_beyond_the_busy_timeout_is_ridden_out(tmp_path: Path):
     """Another process holds SQLite's write lock for 5 s while the busy timeout is 1 s: the worker waits it out."""
     d = tmp_path / "l"
@@ -143,6 +143,7 @@ def test_sqlite_locked_beyond_the_busy_timeout_is_ridden_out(tmp_path: Path):
     check_intact(study_trials(sqlite_storage(d), "l"), d / "trials.csv")
 
 
+@pytest.mark.slow
 def test_storage_timeout_gives_up_with_one_line(tmp_path: Path):
     """A database that stays away longer than --storage-timeout: one line, exit 2; --resume then finishes."""
     d = tmp_path / "g"
@@ -216,7 +217,8 @@ def _wait_for_workers_training(d: Path, name: str, p, k: int = 1) -> list:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["sigterm", "sigkill"])
 def test_no_worker_outlives_its_parent(tmp_path: Path, sig: int):
     """SIGTERM (to the parent only, as `timeout` and systemd send it) or SIGKILL to an --n-workers parent: every
     worker process stops within seconds and records its trial as interrupted; --resume finishes the study."""
@@ -396,7 +398,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path):
 
 def test_shared_storage_second_command_with_other_settings_is_refused(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    r = cli(*TINY, "--trials", "2", "--epochs", "1", "--storage", url, "--study-name", "s", "--out", str(tmp_path / "a"))
+    r = cli(*TINY, "--trials", "2", "--epochs", "1", "--storage", url, "--study-name", "s",
+            "--out", str(tmp_path / "a"))
     _, err = r.communicate(timeout=300)
     assert r.returncode == 0, err[-3000:]
     r = cli(*TINY, "--trials", "3", "--epochs", "1", "--dataset", "digits", "--space", "conv,dws",

@@ -101,8 +101,27 @@ def test_every_compression_stage_records_its_input_and_int8_predicts(digits, stu
     assert predict(out / "00_original", _open(paths))["model.pt"].shape == (N_IMAGES, 10)
 
 
-def test_loader_table_is_one_entry_per_artifact_type():
-    assert [a.pattern for a in LOADERS][:3] == ["model.pt", "model.huff", "*.onnx"]
+def test_tflite_stage_predicts_pngs_through_tflm(digits, study, tmp_path, capsys):
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("litert_torch")
+    paths, _, tensors = digits
+    out = tmp_path / "t"
+    with pytest.raises(SystemExit) as e:
+        # an explicit arena: this test is about predict, not archs.memory's estimate
+        run_cli(compress_run.main, [str(study / "best"), "--export", "tflite", "--tflm-arena-kb", "64", "--out",
+                                    str(out), "--no-latency", "--quiet"], prog="python -m compress.run")
+    assert e.value.code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    stage = next(p for p in out.iterdir() if (p / "model_int8.tflite").is_file())
+    m = json.loads((stage / "metrics.json").read_text())
+    assert m["preprocessing"]["input_size"] == 16
+    assert m["io"]["input"]["dtype"] == "int8" and isinstance(m["io"]["input"]["scale"], float)
+    assert isinstance(m["io"]["output"]["zero_point"], int)
+    probs = predict(stage, _open(paths))
+    assert set(probs) == {"model_int8.tflite"}
+    ref = torch.softmax(load_stage(stage)(tensors.resized(16).x), 1).numpy()
+    assert (probs["model_int8.tflite"].argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert [a.pattern for a in LOADERS] == ["model.pt", "model.huff", "*.onnx", "*.tflite"]
 
 
 def test_folder_without_record_or_bad_image_is_a_one_line_error(digits, study, tmp_path, capsys):

@@ -266,3 +266,16 @@ def test_no_import_cycles():
     assert "archs.plan" in graph["archs.spec"] and "compress.modeldir" in graph["compress.distill"]  # sees imports
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # and finds cycles
     assert _cycles(graph) == []
+
+
+def test_memory_model_refuses_kinds_it_does_not_cover():
+    """archs.memory (TFLM arena) covers the kinds it has rules for; a kind it lacks is a SpecError, never a KeyError."""
+    from archs.memory import BLOCK_GRAPH, memory
+
+    missing = [k for k in names() if k not in BLOCK_GRAPH]
+    for kind in missing:
+        spec = _spec([StageSpec(kind, 16, 1, 2)])
+        with pytest.raises(SpecError, match=f"no rule for block '{kind}'"):
+            memory(spec)
+    with pytest.raises(SpecError, match="unknown block 'nope'"):
+        memory(_unvalidated())

@@ -95,9 +95,9 @@ def test_resume_adds_trials_to_same_study(study_dir: Path, tmp_path: Path):
 
 def test_resume_of_a_finished_study_points_at_its_winner_files(study_dir: Path, capsys):
     out = study_dir.parent
-    args = ["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "5", "--study-name", "s1", "--out",
+    args = ["--budget-mflops", "0.05", "--budget-params", "5k", "--trials", "3", "--study-name", "s1", "--out",
             str(out), "--resume", *FAST]
-    main(args)  # the study holds its 5 trials and its winners: nothing left to do
+    main(args)  # the fixture's study holds its 3 trials and its winners: nothing left to do
     text = capsys.readouterr().out
     assert "on that machine" not in text
     assert "already finished" in text and str(study_dir) in text

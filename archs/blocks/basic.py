@@ -43,7 +43,7 @@ def _stage(s, i, spec, c, out):
     shortcut = s.arg("shortcut")
     if shortcut == "A" and (s.stride != 1 or c != out) and out < c:  # later blocks: stride 1, out -> out
         raise SpecError(f"stages[{i}]: shortcut 'A' cannot reduce channels ({c} -> {out}); use 'B'")
-    return s.kernel, s.kernel // 2, {"shortcut": shortcut}, {"shortcut": shortcut}
+    return s.kernel, s.kernel // 2, {"shortcut": shortcut}, {"shortcut": shortcut} if s.repeats > 1 else None
 
 
 def _cost(b, norm):

@@ -14,7 +14,7 @@ def _stage(s, i, spec, c, out):
     g = s.args.get("groups", 1)
     if c % g or out % g:  # later blocks take `out` channels in: covered by the same check
         raise SpecError(f"stages[{i}]: groups={g} must divide in channels {c} and out channels {out}")
-    return k, p, {"padding": p, "groups": g}, {"padding": p, "groups": g}
+    return k, p, {"padding": p, "groups": g}, {"padding": p, "groups": g} if s.repeats > 1 else None
 
 
 def _cost(b, norm):

@@ -29,7 +29,7 @@ def _cost(b, norm):
 
 KIND = register(BlockKind(
     "dws", DepthwiseSeparable, "depthwise kxk + pointwise 1x1, each with BN + activation (MobileNetV1)",
-    lambda s, i, spec, c, out: (s.kernel, s.kernel // 2, {}, {}),
+    lambda s, i, spec, c, out: (s.kernel, s.kernel // 2, {}, {} if s.repeats > 1 else None),
     make=lambda b, n, a: DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, norm=n, act=a),
     cost=_cost, search=(), default_space=True,
     templates={"mobilenet-like": {"stem_channels": 16, "stages": [(32, "stride", {}), (64, "stride", {})],

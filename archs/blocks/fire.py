@@ -39,7 +39,7 @@ def _stage(s, i, spec, c, out):
     sq = max(1, int(round(out * s.arg("squeeze_ratio"))))
     x = {"squeeze": sq, "e1": e1, "e3": e3, "bypass": bool(s.arg("bypass"))}
     # kernel 3, padding 1: the 3x3 expand; the 1x1 expand has padding 0 and the same output size
-    return 3, 1, x, x.copy()
+    return 3, 1, x, x.copy() if s.repeats > 1 else None
 
 
 def _cost(b, norm):

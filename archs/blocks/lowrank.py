@@ -82,7 +82,8 @@ class LowRankConvBNAct(nn.Sequential):
 
 def _stage(s, i, spec, c, out):
     r = s.arg("rank_ratio")
-    return s.kernel, s.kernel // 2, {"rank": max(1, int(round(r * min(c, out))))}, {"rank": max(1, int(round(r * out)))}
+    rest = {"rank": max(1, int(round(r * out)))} if s.repeats > 1 else None
+    return s.kernel, s.kernel // 2, {"rank": max(1, int(round(r * min(c, out))))}, rest
 
 
 def _cost(b, norm):

@@ -1,0 +1,239 @@
+"""Microcontroller path: archs.memory against TensorFlow Lite Micro, MCU budgets in the search, the int8 TFLite
+export stage, its C array, and its one-line errors. Tests that export or run TFLM need the `.[mcu]` extra
+(litert-torch, tflite-micro) and are marked slow."""
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build
+from archs.errors import UserError, run_cli
+from archs.memory import greedy_arena, memory
+from search.run import main as search_main
+from search.space import Budget, DataShape, SearchSpace, check_feasible
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _specs() -> list[NetSpec]:
+    """Every block type, stride 1 and 2, padded / ceil-mode pools, every head and the fusable and non-fusable
+    activations, in three small networks."""
+    return [
+        NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4, act="relu", stem=StemSpec(8),
+                stages=[StageSpec("fire", 16, 2, 1, args={"bypass": True, "squeeze_ratio": 0.25}),
+                        StageSpec("ir", 16, 1, 2, 5, {"expand": 3, "se": 0.25}),
+                        StageSpec("maxpool", kernel=2, stride=2, args={"ceil_mode": True})],
+                head=HeadSpec("flatten", [16])).validate(),
+        NetSpec(num_classes=10, in_chans=1, resolution=8, rho=1.5, divisor=4, act="hardswish", stem=StemSpec(8, 3, 2),
+                stages=[StageSpec("dws", 12, 1, 1, 3), StageSpec("lowrank", 16, 1, 2, 3, {"rank_ratio": 0.5}),
+                        StageSpec("basic", 16, 2, 1, 3, {"shortcut": "B"})],
+                head=HeadSpec("pool")).validate(),
+        NetSpec(num_classes=10, in_chans=3, resolution=8, divisor=4, act="silu", stem=StemSpec(0),
+                stages=[StageSpec("conv", 8, 1, 2, 3, {"padding": 1}), StageSpec("avgpool", kernel=3, stride=1,
+                                                                                  args={"padding": 1}),
+                        StageSpec("conv", 16, 1, 1, 3, {"groups": 2}), StageSpec("basic", 24, 1, 2, 3)],
+                head=HeadSpec("conv")).validate(),
+    ]
+
+
+# ----- the model alone (no extra needed) ------------------------------------------------------------------------
+def test_memory_is_bytes_with_a_per_operator_table_in_kb():
+    for spec in _specs():
+        m = memory(spec)
+        assert all(isinstance(v, int) and v > 0 for v in (m.activation_bytes, m.overhead_bytes, m.flash_bytes))
+        assert m.arena_bytes == m.activation_bytes + m.overhead_bytes
+        assert m.activation_bytes >= m.live_bound == max(x.live_bytes for x in m.layers)
+        assert m.layers[m.peak].live_bytes == m.live_bound
+        text = m.table()
+        assert "<- peak" in text and "1 kB = 1,024 bytes" in text
+        assert json.loads(json.dumps(m.to_dict()))["arena_bytes"] == m.arena_bytes
+
+
+def test_greedy_planner_follows_tflm_and_can_pack_worse_than_the_live_bound():
+    # (size, first op, last op): a and b overlap in time, c only with b, d only with a
+    assert greedy_arena([(32, 0, 1), (32, 1, 2), (16, 2, 3)]) == 64
+    assert greedy_arena([]) == 0
+    # largest first (ties: the later-added first), each at the lowest offset free of buffers live at the same time:
+    # 64@[4,6] -> 0, 64@[2,4] -> 64, 48@[1,2] -> 0, 32@[0,2] -> 128 (the 16-byte gap at 48 is too small),
+    # 16@[2,4] -> 160; TFLM needs 176 bytes although at most 160 are live at once
+    bufs = [(32, 0, 2), (16, 2, 4), (64, 2, 4), (48, 1, 2), (64, 4, 6)]
+    live = max(sum(s for s, f, l in bufs if f <= t <= l) for t in range(7))
+    assert (greedy_arena(bufs), live) == (176, 160)
+
+
+def test_memory_grows_with_width_and_is_monotone_for_the_bisection():
+    spec = _specs()[0]
+    arenas = [memory(NetSpec.from_dict({**spec.to_dict(), "alpha": a})).arena_bytes for a in (0.25, 0.5, 1.0, 2.0)]
+    assert arenas == sorted(arenas) and arenas[0] < arenas[-1]
+
+
+# ----- budgets in the search ------------------------------------------------------------------------------------
+def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path):
+    search_main(["--budget-sram-kb", "6", "--budget-flash-kb", "24", "--trials", "3", "--epochs", "1",
+                 "--final-epochs", "1", "--top-k", "1", "--quiet", "--study-name", "mcu", "--out", str(tmp_path)])
+    df = pd.read_csv(tmp_path / "mcu" / "trials.csv")
+    built = df[df["sram_kb"].notna()]
+    assert len(built) >= 3
+    assert (built["sram_kb"] <= 6).all() and (built["flash_kb"] <= 24).all()
+    assert (built["arena_kb"] < built["sram_kb"]).all()
+    for _, r in built.iterrows():  # the recorded figures are archs.memory's for the trial's spec
+        m = memory(NetSpec.from_string(r["spec"]))
+        assert r["sram_kb"] == pytest.approx(m.arena_bytes / 1024) and r["flash_kb"] == pytest.approx(m.flash_kb)
+    best = json.loads((tmp_path / "mcu" / "best" / "metrics.json").read_text())
+    assert best["sram_kb"] <= 6 and best["flash_kb"] <= 24
+    import analysis
+
+    t = analysis.load(tmp_path / "mcu")
+    assert {"sram_kb", "arena_kb", "flash_kb"} <= set(t.columns)
+    assert len(analysis.best_under(t, sram_kb=6, flash_kb=24)) == 1
+    assert analysis.best_under(t, sram_kb=0.5).empty
+
+
+def test_impossible_mcu_budget_fails_at_once_naming_the_smallest_arena_and_flash():
+    space, shape = SearchSpace(), DataShape(1, 8, 10)
+    with pytest.raises(UserError, match=r"smallest networks .* need a [0-9.]+ kB tensor arena and [0-9.]+ kB of flash"):
+        check_feasible(space, shape, Budget(sram_kb=0.5))
+    check_feasible(space, shape, Budget(sram_kb=64, flash_kb=256))  # feasible: no error
+
+
+def test_impossible_mcu_budget_is_a_one_line_cli_error(tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "search.run", "--budget-flash-kb", "0.1", "--out", str(tmp_path),
+                        "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--budget-flash-kb 0.1" in lines[0] and "kB of flash" in lines[0]
+
+
+# ----- firmware source -----------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no system C compiler")
+def test_c_array_compiles_with_the_system_compiler(tmp_path: Path):
+    from compress.tflite import write_c_array
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(bytes(range(256)) * 3 + b"TFL3")
+    h, cc = write_c_array(model, tmp_path, 12345)
+    assert "kTensorArenaSize = 12345" in h.read_text()
+    obj = tmp_path / "model_data.o"
+    r = subprocess.run(["cc", "-x", "c++", "-std=c++11", "-c", str(cc), "-o", str(obj)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    nm = subprocess.run(["nm", str(obj)], capture_output=True, text=True).stdout if shutil.which("nm") else "g_model"
+    assert "g_model" in nm
+
+
+# ----- the export stage ----------------------------------------------------------------------------------------
+def _cli(main, argv, prog, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv, prog=prog)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from compress import train as train_mod
+
+    root = tmp_path_factory.mktemp("mcu")
+    spec = NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4, stem=StemSpec(8),
+                   stages=[StageSpec("dws", 16, 1, 2), StageSpec("ir", 16, 1, 1, 3, {"expand": 2, "se": 0.25})],
+                   head=HeadSpec("pool")).validate()
+    (root / "tiny.json").write_text(spec.to_json())
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_mod.main, [str(root / "tiny.json"), "--epochs", "8", "--lr", "0.01", "--out", str(root / "model"),
+                                 "--quiet", "--seed", "0"], prog="python -m compress.train")
+    assert e.value.code == 0
+    return root / "model"
+
+
+def test_missing_extra_is_a_one_line_error_naming_it(tiny_model, tmp_path, capsys, monkeypatch):
+    from compress import run as run_mod
+
+    real_import = builtins.__import__
+
+    def no_litert(name, *args, **kw):
+        if name.startswith("litert_torch"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    code, _, err = _cli(run_mod.main, [str(tiny_model), "--export", "tflite", "--out", str(tmp_path / "c"), "--quiet"],
+                        "python -m compress.run", capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and ".[mcu]" in err
+    assert not (tmp_path / "c").exists(), "nothing is computed before the check"
+
+
+def test_unknown_export_format_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    from compress import run as run_mod
+
+    code, _, err = _cli(run_mod.main, [str(tiny_model), "--export", "onnx", "--out", str(tmp_path / "c")],
+                        "python -m compress.run", capsys)
+    assert code == 2 and "--export must be one of tflite" in err
+
+
+@pytest.mark.slow
+def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    from compress import run as run_mod
+    from compress.tflite import read_graph
+
+    out = tmp_path / "c"
+    code, stdout, err = _cli(run_mod.main, [str(tiny_model), "--prune", "0.3", "--finetune-epochs", "1", "--export",
+                                            "tflite", "--out", str(out), "--quiet", "--no-latency"],
+                             "python -m compress.run", capsys)
+    assert code == 0, err
+    df = pd.read_csv(out / "stages.csv")
+    row = df[df["kind"] == "export"].iloc[0]
+    d = out / row["dir"]
+    art = d / "model_int8.tflite"
+    assert row["flash_bytes"] == art.stat().st_size == row["size_bytes"]
+    m = json.loads((d / "metrics.json").read_text())
+    det = m["details"]
+    assert det["input_shape"] == [1, 8, 8, 1] and det["input_layout"] == "NHWC"
+    assert isinstance(det["input_zero_point"], int) and det["input_scale"] > 0 and det["output_scale"] > 0
+    g = read_graph(art)
+    assert not {"DEQUANTIZE", "TRANSPOSE"} & set(g.op_names())  # full-integer, no input transpose
+    assert all(g.tensors[o[2][0]]["type"] != "FLOAT32" for o in g.ops)
+    assert {g.tensors[i]["type"] for i in g.inputs + g.outputs} == {"INT8"}
+    # int8 accuracy measured in TFLM on the whole test set, within a few points of fp32
+    assert abs(row["int8_acc_change"]) <= 0.05 and row["test_acc"] > 0.8
+    # the memory model: activation arena exact, tensor arena and flash never below TFLM / the file
+    assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
+    assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
+    assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
+    assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.08 * row["flash_bytes"]
+    h = (d / "model_data.h").read_text()
+    assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
+    assert "TFLM int8 test acc" in stdout
+    # the same model in too small an arena: one line naming the arena and what it needs
+    code, _, err = _cli(run_mod.main, [str(tiny_model), "--export", "tflite", "--tflm-arena-kb", "1", "--out",
+                                       str(tmp_path / "small"), "--quiet", "--no-latency"], "python -m compress.run",
+                        capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "does not fit a TensorFlow Lite Micro arena of 1,024 bytes" in err and "it needs" in err
+
+
+@pytest.mark.slow
+def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from memory_model import measure_tflm
+
+    for spec in _specs():
+        r = measure_tflm(spec, tmp_path)
+        assert "error" not in r, r.get("error")
+        m = memory(spec)
+        assert [x.op for x in m.layers] == [o[0] for o in r["ops"]], spec.to_string()
+        a = r["alloc"]
+        assert m.activation_bytes == a["head"], spec.to_string()
+        assert a["total"] <= m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
+        assert r["file_bytes"] <= m.flash_bytes <= 1.08 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
