@@ -275,7 +275,7 @@ def test_memory_model_refuses_kinds_it_does_not_cover():
     missing = [k for k in names() if k not in BLOCK_GRAPH]
     for kind in missing:
         spec = _spec([StageSpec(kind, 16, 1, 2)])
-        with pytest.raises(SpecError, match=f"no rule for block '{kind}'"):
+        with pytest.raises(SpecError, match=f"no TFLM graph for block kind '{kind}'"):
             memory(spec)
     with pytest.raises(SpecError, match="unknown block 'nope'"):
         memory(_unvalidated())
