@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-all bench clean
+.PHONY: venv run test test-slow test-all bench clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 	$(PY) -m search.run --budget-mflops 50
 
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  # the long fault, README-walk, TFLM and benchmark smoke tests (CI runs them after make test)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
