@@ -21,10 +21,10 @@ run: $(STAMP)
 	$(PY) -m search.run --budget-mflops 50
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=25
 
 test-slow: $(STAMP)  # the long fault, README-walk, TFLM and benchmark smoke tests (CI runs them after make test)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=12
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
