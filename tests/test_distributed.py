@@ -135,27 +135,34 @@ def test_three_workers_on_postgres_survive_a_sigkill(tmp_path: Path):
         storage.engine.dispose()
 
 
+def _running_worker_trial(p, d: Path, name: str):
+    """Wait (up to 240 s) until a worker of the `--n-workers` parent `p` runs a trial of study `name` in `d`;
+    return the study's SQLite storage and that RUNNING trial."""
+    storage = None
+    deadline = time.monotonic() + 240
+    while True:
+        assert time.monotonic() < deadline, "no worker started a trial"
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        if (d / "config.json").exists():
+            storage = storage or optuna.storages.RDBStorage(f"sqlite:///{d / 'study.db'}")
+            try:
+                ts = optuna.load_study(study_name=name, storage=storage).get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,))
+            except KeyError:
+                ts = []
+            victim = next((t for t in ts if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
+            if victim is not None:
+                return storage, victim
+        time.sleep(0.1)
+
+
 def test_n_workers_on_sqlite_survive_a_sigkilled_worker(tmp_path: Path):
     """--n-workers 3 on the default SQLite storage: no 'database is locked', a SIGKILLed worker's trial is failed
     at once (its process is gone) and retried, the parent prints what happened and finishes the study."""
     d = tmp_path / "s"
     p = cli(*TINY, "--study-name", "s", "--out", str(tmp_path), "--n-workers", "3")
-    storage = None
     try:
-        deadline = time.monotonic() + 240
-        victim = None
-        while victim is None:
-            assert time.monotonic() < deadline, "no worker started a trial"
-            assert p.poll() is None, p.communicate()[1][-3000:]
-            if (d / "config.json").exists():
-                storage = storage or optuna.storages.RDBStorage(f"sqlite:///{d / 'study.db'}")
-                try:
-                    ts = optuna.load_study(study_name="s", storage=storage).get_trials(
-                        deepcopy=False, states=(TrialState.RUNNING,))
-                except KeyError:
-                    ts = []
-                victim = next((t for t in ts if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
-            time.sleep(0.1)
+        storage, victim = _running_worker_trial(p, d, "s")
         who = victim.user_attrs["worker"]
         assert who["pid"] != p.pid and who["index"] in (0, 1, 2)
         os.kill(who["pid"], signal.SIGKILL)
@@ -185,21 +192,8 @@ def test_a_late_result_from_a_worker_failed_for_a_missed_heartbeat_is_dropped(tm
     p = cli(*args, "--study-name", "st", "--out", str(tmp_path), "--n-workers", "2", env=HEARTBEAT)
     stopped = None
     try:
-        storage = None
-        deadline = time.monotonic() + 240
-        victim = None
-        while victim is None:
-            assert time.monotonic() < deadline, "no worker started a trial"
-            assert p.poll() is None, p.communicate()[1][-3000:]
-            if (d / "config.json").exists():
-                storage = storage or optuna.storages.RDBStorage(f"sqlite:///{d / 'study.db'}")
-                try:
-                    ts = optuna.load_study(study_name="st", storage=storage).get_trials(
-                        deepcopy=False, states=(TrialState.RUNNING,))
-                except KeyError:
-                    ts = []
-                victim = next((t for t in ts if "spec" in t.user_attrs and "worker" in t.user_attrs), None)
-            time.sleep(0.1)
+        deadline = time.monotonic() + 240  # the helper's wait; the heartbeat failure below may take 120 s more
+        storage, victim = _running_worker_trial(p, d, "st")
         stopped = victim.user_attrs["worker"]["pid"]
         os.kill(stopped, signal.SIGSTOP)
         assert storage.get_trial(victim._trial_id).state == TrialState.RUNNING, "the trial finished before the stop"
