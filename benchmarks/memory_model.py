@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --fit: fit the flash costs on these caches instead")
     ap.add_argument("--cached-only", action="store_true",
                     help="compare only the specs already measured in --cache (say how many), export none")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="only export and measure in TFLM into --cache (every registered kind, the memory model "
+                         "not needed), compare nothing")
     ap.add_argument("--every", type=int, default=1, help="benchmark every N-th spec only (held-out subsets)")
     ap.add_argument("--offset", type=int, default=0, help="... starting at this index")
     add_common_args(ap, seeds=False)
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
-    specs = random_specs(args.n, args.seed, kinds=tuple(BLOCK_GRAPH))[args.offset::args.every]
+    specs = random_specs(args.n, args.seed)[args.offset::args.every]
     cache_path = Path(args.cache)
     cache: dict[str, dict] = {}
     if cache_path.is_file():
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 with cache_path.open("a") as f:
                     f.write(json.dumps(cache[key]) + "\n")
             r = cache[key]
+            if args.measure_only:
+                continue
             if "error" in r or "error" in r.get("alloc", {}):
                 refused.append({"spec": key, "error": r.get("error") or r["alloc"]["error"]})
                 continue
@@ -192,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                          "flash_est": m.flash_bytes, "live_bound": m.live_bound,
                          "t_memory": _time(memory, spec, args.repeats), "t_estimate": _time(estimate, spec, args.repeats),
                          "t_export_tflm": r["export_s"] + r["tflm_s"]})
+    if args.measure_only:
+        print(f"{len(specs)} specs measured in {cache_path}")
+        return 0
     if not rows:
         print("no spec could be compared", file=sys.stderr)
         return 1
