@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import SpecError
 from .plan import Block, resolve
+from .registry import kinds
 from .spec import NetSpec
+from .tflite_graph import ALIGN as _ALIGN, Graph, conv as _conv
+
+_REGISTRY = kinds()
 
 __all__ = ["Memory", "Layer", "memory", "supported", "greedy_arena", "BLOCK_GRAPH", "features", "OPS"]
-
-_ALIGN = 16
 
 
 @dataclass(slots=True)
@@ -101,221 +103,32 @@ class Memory:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The converted graph
+# The converted graph: each block kind's record gives its part (`BlockKind.tflite_graph`, archs/blocks/<kind>.py)
 # ----------------------------------------------------------------------------------------------------------------
-class _Graph:
-    """Tensors (bytes) and operators (name, input tensor ids, output tensor id, block label) of the converted
-    graph, plus the counts the overhead and flash models need."""
-
-    __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act", "pc", "pc_fc")
-
-    def __init__(self, act: str):
-        self.size: list[int] = []
-        self.ops: list[tuple[str, tuple[int, ...], int, str]] = []
-        self.block = ""
-        self.n_const = 0        # constant tensors (weights, biases, pad / axis / shape / perm arrays)
-        self.const_bytes = 0    # their data bytes (each rounded up to 16)
-        self.channels = 0       # per-channel quantized output channels (conv, depthwise, fully connected)
-        self.small: set = set()  # distinct small constant arrays (the converter stores each value once)
-        self.opts: dict[str, int] = {}  # features that are not op counts (SE, FC4D, FUSED, SAME) -> count
-        self.act = act
-        self.pc = 0              # per-channel int32 arrays of convolutions, each rounded up to 16 bytes
-        self.pc_fc = 0           # the same for fully-connected layers
-
-    def tensor(self, nbytes: int) -> int:
-        self.size.append(nbytes)
-        return len(self.size) - 1
-
-    def op(self, name: str, inputs: tuple[int, ...], out_bytes: int) -> int:
-        t = self.tensor(out_bytes)
-        self.ops.append((name, inputs, t, self.block))
-        return t
-
-    def const(self, nbytes: int) -> None:
-        self.n_const += 1
-        self.const_bytes += -(-nbytes // _ALIGN) * _ALIGN
-
-    def small_const(self, key: tuple, nbytes: int) -> None:
-        if key not in self.small:
-            self.small.add(key)
-            self.const(nbytes)
-
-    def weighted(self, name: str, x: int, out_bytes: int, out_ch: int, weight_bytes: int, bias: bool = True) -> int:
-        """A conv / depthwise / fully-connected op with int8 weights (per-channel) and an int32 bias."""
-        self.const(weight_bytes)
-        if bias:
-            self.const(4 * out_ch)
-        self.channels += out_ch
-        if name == "FULLY_CONNECTED":
-            self.pc_fc += -(-4 * out_ch // _ALIGN) * _ALIGN
-        else:
-            self.pc += -(-4 * out_ch // _ALIGN) * _ALIGN  # one int32 per channel, rounded to 16 bytes
-        return self.op(name, (x,), out_bytes)
-
-    def activation(self, x: int, nbytes: int, act: str | None) -> int:
-        """The activation after an op: fused for ReLU / ReLU6 (nothing to add), its own op(s) otherwise."""
-        if act is None:
-            return x
-        if act in ("relu", "relu6"):
-            self.opts["FUSED"] = self.opts.get("FUSED", 0) + 1  # a non-default option field in the flatbuffer
-            return x
-        if act == "hardswish":
-            return self.op("HARD_SWISH", (x,), nbytes)
-        gate = self.op("LOGISTIC", (x,), nbytes)  # silu = x * sigmoid(x)
-        return self.op("MUL", (x, gate), nbytes)
+_Graph = Graph  # the name benchmarks/memory_model.py's fit used
 
 
-def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
-    """TensorFlow SAME padding (before, after) of one dimension."""
-    out = -(-n // s)
-    total = max((out - 1) * s + k - n, 0)
-    return total // 2, total - total // 2
+class _BlockGraphs(Mapping):
+    """Block kind -> its converted-graph function (`BlockKind.tflite_graph`), read live from the registry."""
+
+    def __getitem__(self, kind: str) -> Callable[[Graph, Block, NetSpec, int], int]:
+        k = _REGISTRY.get(kind)
+        if k is None or k.tflite_graph is None:
+            raise KeyError(kind)
+        return k.tflite_graph
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, k in _REGISTRY.items() if k.tflite_graph is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
-def _pad(g: _Graph, x: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
-         name: str = "PAD") -> int:
-    """The explicit PAD the converter adds before a conv whose symmetric padding is neither VALID nor SAME."""
-    if ph == 0 and pw == 0:
-        return x
-    if _same_pad(h, kh, sh) == (ph, ph) and _same_pad(w, kw, sw) == (pw, pw):
-        return x
-    g.small_const(("pad", ph, ph, pw, pw), 32)
-    return g.op(name, (x,), (h + 2 * ph) * (w + 2 * pw) * c)
+#: block kind -> its part of the converted graph (a view of the registry's `tflite_graph` records)
+BLOCK_GRAPH: Mapping[str, Callable[[Graph, Block, NetSpec, int], int]] = _BlockGraphs()
 
 
-def _conv(g: _Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int, w: int, groups: int,
-          act: str | None, bias: bool = True, kw: int | None = None, sw: int | None = None,
-          pw: int | None = None) -> tuple[int, int, int]:
-    """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out)."""
-    kw, sw, pw = (k, s, p) if kw is None else (kw, sw, pw)
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * pw - kw) // sw + 1
-    padded = _pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
-    if padded == x and (p or pw):
-        g.opts["SAME"] = g.opts.get("SAME", 0) + 1  # SAME padding: the option field keeps its default
-    x = padded
-    out = cout * ho * wo
-    if groups == cin and (groups > 1 or cin == 1) and cout % cin == 0:
-        t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias)
-    else:
-        t = g.weighted("CONV_2D", x, out, cout, cout * k * kw * (cin // groups), bias)
-    return g.activation(t, out, act), ho, wo
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One function per block kind: (graph, block, spec, input tensor) -> output tensor
-# ----------------------------------------------------------------------------------------------------------------
-def _g_conv(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    return _conv(g, x, b.in_ch, b.out_ch, b.kernel, b.stride, b.extra["padding"], b.h_in, b.w_in,
-                 b.extra["groups"], spec.act)[0]
-
-
-def _g_dws(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    t, ho, wo = _conv(g, x, b.in_ch, b.in_ch, b.kernel, b.stride, b.kernel // 2, b.h_in, b.w_in, b.in_ch, spec.act)
-    return _conv(g, t, b.in_ch, b.out_ch, 1, 1, 0, ho, wo, 1, spec.act)[0]
-
-
-def _g_ir(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    hid, k, e = b.extra["hidden"], b.kernel, b.extra
-    t = x
-    if e["expand"] != 1:
-        t = _conv(g, t, b.in_ch, hid, 1, 1, 0, b.h_in, b.w_in, 1, spec.act)[0]
-    t, ho, wo = _conv(g, t, hid, hid, k, b.stride, k // 2, b.h_in, b.w_in, hid, spec.act)
-    if e["se"]:
-        r = e["se_ch"]
-        g.small_const(("axis",), 8)
-        m = t
-        if ho * wo > 1:  # the converter drops the pooling of a 1x1 map
-            m = g.op("MEAN", (t,), hid)
-            g.opts["SE"] = g.opts.get("SE", 0) + 1  # a reduce that keeps its 4-D shape: its own runtime cost
-        m = _conv(g, m, hid, r, 1, 1, 0, 1, 1, 1, "relu")[0]
-        m = _conv(g, m, r, hid, 1, 1, 0, 1, 1, 1, None)[0]
-        m = g.op("LOGISTIC", (m,), hid)
-        t = g.op("MUL", (t, m), hid * ho * wo)
-    t = _conv(g, t, hid, b.out_ch, 1, 1, 0, ho, wo, 1, None)[0]
-    if b.stride == 1 and b.in_ch == b.out_ch:
-        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
-    return t
-
-
-def _g_fire(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    e = b.extra
-    sq = _conv(g, x, b.in_ch, e["squeeze"], 1, 1, 0, b.h_in, b.w_in, 1, spec.act)[0]
-    a = _conv(g, sq, e["squeeze"], e["e1"], 1, b.stride, 0, b.h_in, b.w_in, 1, spec.act)[0]
-    c, ho, wo = _conv(g, sq, e["squeeze"], e["e3"], 3, b.stride, 1, b.h_in, b.w_in, 1, spec.act)
-    t = g.op("CONCATENATION", (a, c), b.out_ch * ho * wo)
-    if e["bypass"] and b.stride == 1 and b.in_ch == b.out_ch:
-        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
-    return t
-
-
-def _g_lowrank(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    k, s, p, r = b.kernel, b.stride, b.kernel // 2, b.extra["rank"]
-    # k x 1 to `rank` channels (stride and padding on height; the converter adds a zero bias), then 1 x k + act
-    t, ho, w = _conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, kw=1, sw=1, pw=0)
-    return _conv(g, t, r, b.out_ch, 1, 1, 0, ho, w, 1, spec.act, kw=k, sw=s, pw=p)[0]
-
-
-def _g_basic(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    k = b.kernel
-    identity = b.stride == 1 and b.in_ch == b.out_ch
-    sc = x
-    ho, wo = (b.h_in - 1) // b.stride + 1, (b.w_in - 1) // b.stride + 1
-    if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
-        sc = _conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
-    elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
-        if b.stride > 1 and b.h_in > 1:  # x[:, :, ::s, ::s]: one slice per dimension that shrinks
-            g.small_const(("slice", b.stride, "h"), 48)
-            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * b.w_in)
-        if b.stride > 1 and b.w_in > 1:
-            g.small_const(("slice", b.stride, "w"), 48)
-            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * wo)
-        if b.out_ch > b.in_ch:
-            layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
-            g.small_const((layout, b.in_ch), 16)
-            g.small_const((layout, b.out_ch), 16)
-            g.small_const(("cpad", b.out_ch - b.in_ch), 32)
-            sc = g.op(layout, (sc,), b.in_ch * ho * wo)
-            sc = g.op("PAD", (sc,), b.out_ch * ho * wo)
-            sc = g.op(layout, (sc,), b.out_ch * ho * wo)
-    t, ho, wo = _conv(g, x, b.in_ch, b.out_ch, k, b.stride, k // 2, b.h_in, b.w_in, 1, spec.act)
-    t = _conv(g, t, b.out_ch, b.out_ch, k, 1, k // 2, ho, wo, 1, None)[0]
-    n = b.out_ch * ho * wo
-    t = g.op("ADD", (t, sc), n)
-    return g.activation(t, n, spec.act)
-
-
-def _g_maxpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    p, k, s, c = b.extra["padding"], b.kernel, b.stride, b.in_ch
-    ph = max(p, (b.h_out - 1) * s + k - b.h_in - p)  # padding after: ceil mode may read past the end
-    pw = max(p, (b.w_out - 1) * s + k - b.w_in - p)
-    if ph > 0 or pw > 0:
-        # SAME pooling (TF pads with -inf, before = total // 2) covers it when it gives the same window
-        same = all(o == -(-n // s) and _same_pad(n, k, s)[0] == p for n, o in ((b.h_in, b.h_out), (b.w_in, b.w_out)))
-        if same:
-            g.opts["SAME"] = g.opts.get("SAME", 0) + 1
-        else:
-            g.small_const(("pad", p, ph, p, pw), 32)
-            g.small_const(("padv",), 1)
-            x = g.op("PADV2", (x,), (b.h_in + p + ph) * (b.w_in + p + pw) * c)
-    return g.op("MAX_POOL_2D", (x,), c * b.h_out * b.w_out)
-
-
-def _g_avgpool(g: _Graph, b: Block, spec: NetSpec, x: int) -> int:
-    p = b.extra["padding"]
-    if p:  # PyTorch averages over the zero padding too (count_include_pad), so it is always an explicit PAD
-        g.small_const(("pad", p, p, p, p), 32)
-        x = g.op("PAD", (x,), (b.h_in + 2 * p) * (b.w_in + 2 * p) * b.in_ch)
-    return g.op("AVERAGE_POOL_2D", (x,), b.in_ch * b.h_out * b.w_out)
-
-
-#: block kind -> its part of the converted graph (moves into the block registry's records later)
-BLOCK_GRAPH: dict[str, Callable[[_Graph, Block, NetSpec, int], int]] = {
-    "conv": _g_conv, "dws": _g_dws, "ir": _g_ir, "fire": _g_fire, "lowrank": _g_lowrank, "basic": _g_basic,
-    "maxpool": _g_maxpool, "avgpool": _g_avgpool,
-}
-
-
-def _head(g: _Graph, spec: NetSpec, plan, x: int) -> int:
+def _head(g: Graph, spec: NetSpec, plan, x: int) -> int:
     c, h, w = plan.feat_ch, plan.feat_h, plan.feat_w
     g.block = "head"
     hd = spec.head
@@ -346,21 +159,25 @@ def _head(g: _Graph, spec: NetSpec, plan, x: int) -> int:
 
 
 def supported(kind: str) -> bool:
-    """True when the memory model knows the converted graph of block kind `kind`."""
-    return kind in BLOCK_GRAPH
+    """True when the memory model knows the converted graph of block kind `kind` (its record's `tflite_graph`)."""
+    k = _REGISTRY.get(kind)
+    return k is not None and k.tflite_graph is not None
 
 
-def _build(spec: NetSpec) -> _Graph:
+def _build(spec: NetSpec) -> Graph:
     plan = resolve(spec)
+    fns = []
     for b in plan.blocks:
-        if b.kind not in BLOCK_GRAPH:
-            raise SpecError(f"archs.memory has no TFLM graph for block kind {b.kind!r} yet; it models "
-                            f"{', '.join(BLOCK_GRAPH)}")
-    g = _Graph(spec.act)
+        k = _REGISTRY[b.kind]
+        if k.tflite_graph is None:
+            raise SpecError(f"archs.memory has no TFLM graph for block kind {b.kind!r} (its registry record has no "
+                            f"tflite_graph); it models {', '.join(BLOCK_GRAPH)}")
+        fns.append(k.tflite_graph)
+    g = Graph(spec.act)
     x = g.tensor(spec.in_chans * spec.input_size * spec.input_size)
-    for i, b in enumerate(plan.blocks):
+    for i, (b, fn) in enumerate(zip(plan.blocks, fns)):
         g.block = f"{i}:{b.kind}"
-        x = BLOCK_GRAPH[b.kind](g, b, spec, x)
+        x = fn(g, b, spec, x)
     _head(g, spec, plan, x)
     return g
 
@@ -397,7 +214,7 @@ def greedy_arena(buffers: list[tuple[int, int, int]]) -> int:
     return top
 
 
-def _lifetimes(g: _Graph) -> list[tuple[int, int, int]]:
+def _lifetimes(g: Graph) -> list[tuple[int, int, int]]:
     """[(aligned bytes, first, last)] of the non-constant tensors in tensor order (TFLM's allocation order)."""
     n_ops = len(g.ops)
     first = [0] * len(g.size)
@@ -439,11 +256,12 @@ OPS = ("ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D"
        "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "STRIDED_SLICE", "SUM", "TRANSPOSE", "SE", "FC4D", "FUSED", "SAME")
 
 
-def features(g: _Graph) -> dict[str, float]:
+def features(g: Graph) -> dict[str, float]:
     """The counts the overhead (tail) and flash models are linear in."""
     n_act = len(g.size)
-    counts = Counter(o[0] for o in g.ops)
-    counts.update(g.opts)
+    counts = dict(g.counts)
+    for k, v in g.opts.items():
+        counts[k] = counts.get(k, 0) + v
     f = {op: float(counts.get(op, 0)) for op in OPS}
     f.update({"one": 1.0, "tensors": float(n_act + g.n_const), "ops": float(len(g.ops)),
               "reduce": float(bool(counts.get("MEAN") or counts.get("SUM"))),

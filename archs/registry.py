@@ -95,7 +95,9 @@ class BlockKind:
     #   that exercise the cost model's corners; None = leave the argument out. Test strategies and
     #   benchmarks/specgen.py draw every registered kind's stages from these.
     token: str = ""                             # name in the one-line string form (default: `name`)
-    live_tensors: Callable[[Block], Any] | None = None  # memory hook for the microcontroller model (not yet used)
+    tflite_graph: Callable[[Any, Block, "NetSpec", int], int] | None = None  # (graph, block, spec, input tensor)
+    #   -> output tensor: adds the block's operators of the int8 TFLite export to an `archs.tflite_graph.Graph`
+    #   (what `archs.memory` places as TFLM does); None: the memory model does not know this kind
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-only", action="store_true",
                     help="only export and measure in TFLM into --cache (every registered kind, the memory model "
                          "not needed), compare nothing")
+    ap.add_argument("--kinds", default=None, help="comma-separated block kinds to draw stages from (default: all)")
     ap.add_argument("--every", type=int, default=1, help="benchmark every N-th spec only (held-out subsets)")
     ap.add_argument("--offset", type=int, default=0, help="... starting at this index")
     add_common_args(ap, seeds=False)
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from tabulate import tabulate
     from tqdm.auto import tqdm
 
-    specs = random_specs(args.n, args.seed)[args.offset::args.every]
+    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    specs = random_specs(args.n, args.seed, kinds)[args.offset::args.every]
     cache_path = Path(args.cache)
     cache: dict[str, dict] = {}
     if cache_path.is_file():
