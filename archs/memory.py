@@ -25,7 +25,7 @@ Bytes everywhere; `Memory.table()` prints kB (1 kB = 1,024 bytes).
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from itertools import accumulate
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -63,6 +63,7 @@ class Memory:
     flash_bytes: int
     peak: int = 0
     live_bound: int = 0  # the largest sum of live (16-byte rounded) tensors: a lower bound of the arena
+    planning_bytes: int = 0  # room TFLM needs at the head while it prepares kernels and plans (see planning_room)
     _ops: list = field(default_factory=list, repr=False, compare=False)   # (op, inputs, output, block)
     _sizes: list = field(default_factory=list, repr=False, compare=False)  # tensor bytes
     _live: list = field(default_factory=list, repr=False, compare=False)   # live bytes at each op (1-based)
@@ -75,7 +76,9 @@ class Memory:
 
     @property
     def arena_bytes(self) -> int:
-        return self.activation_bytes + self.overhead_bytes
+        """The tensor arena TFLM accepts: overhead plus the larger of the planned activations and the
+        temporary room it needs at the head before they are planned (tiny networks with many tensors)."""
+        return max(self.activation_bytes, self.planning_bytes) + self.overhead_bytes
 
     @property
     def sram_kb(self) -> float:
@@ -88,6 +91,7 @@ class Memory:
     def to_dict(self) -> dict:
         return {"activation_bytes": self.activation_bytes, "overhead_bytes": self.overhead_bytes,
                 "arena_bytes": self.arena_bytes, "flash_bytes": self.flash_bytes, "live_bound": self.live_bound,
+                "planning_bytes": self.planning_bytes,
                 "peak_op": self.peak, "layers": [[x.op, x.block, x.out_bytes, x.live_bytes] for x in self.layers]}
 
     def table(self) -> str:
@@ -188,34 +192,41 @@ def _build(spec: NetSpec) -> Graph:
 def greedy_arena(buffers: list[tuple[int, int, int]]) -> int:
     """Bytes TFLM's GreedyMemoryPlanner needs for `buffers` = [(aligned size, first op, last op)] in the order
     the allocator adds them: sorted by size, largest first (ties: the later-added first, as its stable sort over
-    a reversed list gives), each at the lowest offset where it overlaps no placed buffer live at the same time."""
+    a reversed list gives), each at the lowest offset where it overlaps no placed buffer live at the same time.
+    Only the placed buffers live during a buffer's lifetime are looked at (kept per op; the order of equal
+    offsets does not change the gap found), which makes it about linear for the short lifetimes of a CNN."""
     n = len(buffers)
     if not n:
         return 0
-    order = sorted(range(n - 1, -1, -1), key=lambda i: -buffers[i][0])
-    offs: list[int] = []  # offsets of the placed buffers, ascending (ties: in placement order)
-    placed: list[tuple[int, int, int]] = []  # (end, first, last), in the order of `offs`
+    sizes = [b[0] for b in buffers]
+    order = sorted(range(n - 1, -1, -1), key=sizes.__getitem__, reverse=True)  # stable: ties keep that order
+    alive: list[list[tuple[int, int]]] = [[] for _ in range(max(b[2] for b in buffers) + 1)]
     top = 0
     for i in order:
         size, first, last = buffers[i]
+        if first == last:
+            near = sorted(alive[first])
+        else:
+            near = alive[first] + alive[last] if last == first + 1 else \
+                [x for t in range(first, last + 1) for x in alive[t]]
+            near.sort()
         cand = 0
-        for off, (end, f, l) in zip(offs, placed):
-            if f > last or first > l:
-                continue
+        for off, end in near:
             if off - cand >= size:
                 break
             if end > cand:
                 cand = end
-        pos = bisect_right(offs, cand)
-        offs.insert(pos, cand)
-        placed.insert(pos, (cand + size, first, last))
+        placed = (cand, cand + size)
+        for t in range(first, last + 1):
+            alive[t].append(placed)
         if cand + size > top:
             top = cand + size
     return top
 
 
 def _lifetimes(g: Graph) -> list[tuple[int, int, int]]:
-    """[(aligned bytes, first, last)] of the non-constant tensors in tensor order (TFLM's allocation order)."""
+    """[(aligned bytes, first, last)] of the non-constant tensors in tensor order, then the kernels' scratch
+    buffers in op order (TFLM's allocation order)."""
     n_ops = len(g.ops)
     first = [0] * len(g.size)
     last = [0] * len(g.size)
@@ -224,7 +235,8 @@ def _lifetimes(g: Graph) -> list[tuple[int, int, int]]:
         for t in ins:
             last[t] = i
     last[g.ops[-1][2]] = n_ops  # the graph output lives to the end
-    return [(-(-s // _ALIGN) * _ALIGN, first[t], last[t]) for t, s in enumerate(g.size)]
+    return [(-(-s // _ALIGN) * _ALIGN, first[t], last[t]) for t, s in enumerate(g.size)] + \
+        [(-(-s // _ALIGN) * _ALIGN, i, i) for i, s in g.scratch]
 
 
 def memory(spec: NetSpec) -> Memory:
@@ -236,16 +248,42 @@ def memory(spec: NetSpec) -> Memory:
     for size, f, l in bufs:
         delta[f] += size
         delta[l + 1] -= size
-    live, run = [0] * (n_ops + 1), 0
-    for i in range(n_ops + 1):
-        run += delta[i]
-        live[i] = run
+    live = list(accumulate(delta[:n_ops + 1]))
     bound = max(live)
     peak = live.index(bound, 1) - 1 if n_ops else 0
     f = features(g)
     return Memory(greedy_arena(bufs), _linear(f, TAIL_COST, TAIL_SCALE) + TAIL_PAD,
                   _linear(f, FLASH_COST, FLASH_SCALE * FLASH_SAFETY),
-                  peak, bound, g.ops, g.size, live)
+                  peak, bound, planning_room(g), g.ops, g.size, live)
+
+
+#: bytes of TFLM's structs on the host build of tflite-micro (64-bit; a 32-bit MCU needs less): a scratch-buffer
+#: request, an AllocationInfo per tensor and request, the greedy planner's arrays per planned buffer, a temporary
+#: TfLiteTensor, its TfLiteAffineQuantization; and the persistent input / output tensors made after planning
+_REQUEST, _ALLOC_INFO, _PLANNER_BUFFER, _TEMP_TENSOR, _TEMP_QUANT, _AFTER_PLAN = 16, 32, 40, 64, 24, 192
+_MAX_REQUESTS_PER_OP = 12  # kMaxScratchBuffersPerOp: the head reserves room for that many more requests
+
+
+def planning_room(g: Graph) -> int:
+    """Temporary bytes TFLM needs at the head of the arena before the plan (tail already allocated):
+    - while planning (micro_allocator.cc CommitStaticMemoryPlan): the scratch-buffer requests, one AllocationInfo
+      per tensor and request, and the greedy planner's arrays ("Too many buffers" otherwise) for every planned
+      buffer; less the persistent input / output tensors the interpreter adds to the tail afterwards;
+    - while a kernel prepares: the requests so far and the temporary tensors of its input, output, weights and
+      bias (per-channel zero points and scales copied: 8 bytes per channel each).
+    The arena must hold the tail and the larger of this and the planned activations."""
+    n_req = len(g.scratch)
+    n_tensors = len(g.size) + g.n_const
+    requests = _align16(_REQUEST * (n_req + _MAX_REQUESTS_PER_OP))
+    plan = requests + _align16(_ALLOC_INFO * (n_tensors + n_req)) + _PLANNER_BUFFER * (len(g.size) + n_req) \
+        - _AFTER_PLAN
+    quant = _TEMP_TENSOR + _TEMP_QUANT + 16
+    prepare = requests + 2 * quant + 2 * (quant + 8 * g.max_channels)
+    return max(plan, prepare)
+
+
+def _align16(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -306,6 +344,7 @@ FLASH_SAFETY = 1.03
 
 
 def _linear(f: dict[str, float], cost: dict[str, float], scale: float) -> int:
-    return math.ceil(sum(c * f.get(k, 0.0) for k, c in cost.items()) * scale)
+    get = f.get
+    return math.ceil(sum([c * get(k, 0.0) for k, c in cost.items()]) * scale)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 __all__ = ["Graph", "ALIGN", "same_pad", "pad", "conv", "squeeze_excite", "hard_sigmoid_gate", "align"]
 
 ALIGN = 16  # TFLM rounds every tensor (and the file its weights) to 16 bytes
+#: reference kernels that ask TFLM for a scratch buffer in the planned arena, live while the op runs
+_SCRATCH_OPS = frozenset(("MEAN", "SUM"))
 
 
 def align(n: int) -> int:
@@ -23,7 +25,7 @@ class Graph:
     graph, plus the counts the overhead and flash models need."""
 
     __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act", "pc",
-                 "pc_fc", "counts")
+                 "pc_fc", "counts", "scratch", "max_channels")
 
     def __init__(self, act: str):
         self.size: list[int] = []
@@ -38,6 +40,8 @@ class Graph:
         self.pc = 0              # per-channel int32 arrays of convolutions, each rounded up to 16 bytes
         self.pc_fc = 0           # the same for fully-connected layers
         self.counts: dict[str, int] = {}  # operator name -> how many
+        self.scratch: list[tuple[int, int]] = []  # (op number, bytes): kernel scratch buffers TFLM plans too
+        self.max_channels = 0    # the most output channels of one weighted op (per-channel quantization)
 
     def tensor(self, nbytes: int) -> int:
         self.size.append(nbytes)
@@ -49,6 +53,9 @@ class Graph:
         self.ops.append((name, inputs, t, self.block))
         c = self.counts
         c[name] = c.get(name, 0) + 1
+        if name in _SCRATCH_OPS:  # int8 MEAN / SUM ask for an int32 sum per output element and two index
+            i = len(self.ops)     # arrays (4-D input dims, 2 axes): three scratch buffers (micro/kernels/reduce)
+            self.scratch += ((i, 4 * out_bytes), (i, 16), (i, 8))
         return t
 
     def opt(self, name: str) -> None:
@@ -67,14 +74,16 @@ class Graph:
 
     def weighted(self, name: str, x: int, out_bytes: int, out_ch: int, weight_bytes: int, bias: bool = True) -> int:
         """A conv / depthwise / fully-connected op with int8 weights (per-channel) and an int32 bias."""
-        self.const(weight_bytes)
-        if bias:
-            self.const(4 * out_ch)
+        arr = -(-4 * out_ch // ALIGN) * ALIGN  # one int32 per channel, rounded to 16 bytes
+        self.n_const += 2 if bias else 1
+        self.const_bytes += -(-weight_bytes // ALIGN) * ALIGN + (arr if bias else 0)
         self.channels += out_ch
+        if out_ch > self.max_channels:
+            self.max_channels = out_ch
         if name == "FULLY_CONNECTED":
-            self.pc_fc += -(-4 * out_ch // ALIGN) * ALIGN
+            self.pc_fc += arr
         else:
-            self.pc += -(-4 * out_ch // ALIGN) * ALIGN  # one int32 per channel, rounded to 16 bytes
+            self.pc += arr
         return self.op(name, (x,), out_bytes)
 
     def activation(self, x: int, nbytes: int, act: str | None) -> int:
@@ -112,12 +121,14 @@ def conv(g: Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int, 
          act: str | None, bias: bool = True, kw: int | None = None, sw: int | None = None,
          pw: int | None = None) -> tuple[int, int, int]:
     """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out)."""
-    kw, sw, pw = (k, s, p) if kw is None else (kw, sw, pw)
+    if kw is None:
+        kw, sw, pw = k, s, p
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * pw - kw) // sw + 1
-    padded = pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
-    if padded == x and (p or pw):
-        g.opt("SAME")  # SAME padding: the option field keeps its default
-    x = padded
+    if p or pw:
+        padded = pad(g, x, h, w, cin, k, kw, s, sw, p, pw)
+        if padded == x:
+            g.opt("SAME")  # SAME padding: the option field keeps its default
+        x = padded
     out = cout * ho * wo
     if groups == cin and (groups > 1 or cin == 1) and cout % cin == 0:
         t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias)
