@@ -291,8 +291,8 @@ def _align16(n: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 #: operators whose count is a feature of the overhead and flash models
 OPS = ("ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
-       "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "SLICE", "STRIDED_SLICE", "SUM", "TRANSPOSE",
-       "SE", "FC4D", "FUSED", "SAME")
+       "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RESHAPE", "SLICE", "STRIDED_SLICE", "SUM",
+       "TRANSPOSE", "SE", "FC4D", "FUSED", "SAME")
 
 
 def features(g: Graph) -> dict[str, float]:
