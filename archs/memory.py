@@ -3,22 +3,23 @@
 Follows the graph that the int8 TFLite export (`compress.tflite`, litert-torch) really produces for batch 1 and
 places it as TensorFlow Lite Micro does. Pure Python over the resolved plan (`archs.plan.resolve`), no torch.
 
-- Converted graph: NHWC int8 tensors; batch norm folded and ReLU / ReLU6 fused into the op before them;
-  hardswish is a HARD_SWISH op, SiLU a LOGISTIC and a MUL; a convolution or max pool whose PyTorch padding is
-  not TensorFlow's SAME (or VALID) gets an explicit PAD (PADV2 for max pools) with its own tensor; a conv with
-  one input channel or groups = channels is DEPTHWISE_CONV_2D; Fire concatenates its two expand branches;
-  residual adds (inverted residual, basic block, Fire bypass) keep their input alive; squeeze-excite is MEAN,
-  two 1x1 convs, LOGISTIC and a MUL with the depthwise output; a flatten head on a map larger than 1x1 is
-  TRANSPOSE (back to PyTorch's NCHW order) + RESHAPE; a pooled head is MEAN (SUM on a 1x1 map).
+- Converted graph: each block kind's registry record gives its operators (`BlockKind.tflite_graph`, in
+  archs/blocks/<kind>.py, built with the toolkit `archs.tflite_graph`); this module adds the head. NHWC int8
+  tensors; batch norm folded and ReLU / ReLU6 fused; explicit PADs where PyTorch's padding is not TensorFlow's;
+  residual adds keep their input alive; squeeze-excite, Fire and Ghost concatenations; see docs/mcu.md.
 - Activation arena (TFLM's "head"): every non-constant tensor lives from the op that writes it (graph input:
-  from the start) to the last op that reads it (graph output: to the end); sizes are rounded up to 16 bytes and
-  placed by TFLM's greedy planner (`micro/memory_planner/greedy_memory_planner.cc`: largest first, first gap
-  that fits among the buffers live at the same time), which can pack worse than the largest live sum.
+  from the start) to the last op that reads it (graph output: to the end), and the scratch buffers kernels ask
+  for (int8 MEAN / SUM) live while their op runs; sizes are rounded up to 16 bytes and placed by TFLM's greedy
+  planner (`micro/memory_planner/greedy_memory_planner.cc`: largest first, first gap that fits among the
+  buffers live at the same time), which can pack worse than the largest live sum.
+- Planning room: the temporary bytes TFLM needs at the head while kernels prepare and the planner runs (its
+  per-tensor and per-buffer arrays), which exceed the activations on tiny networks with many tensors.
 - Runtime overhead (TFLM's "tail"): per-tensor and per-node structs, per-op kernel data and per-channel
   requantization (multiplier + shift) arrays, from a cost per item measured on the recording allocator of
-  tflite-micro (see docs/mcu.md); `arena_bytes` = activation + overhead = the `tensor_arena` a firmware reserves.
+  tflite-micro (see docs/mcu.md); `arena_bytes` = overhead + max(activations, planning room) = the
+  `tensor_arena` a firmware reserves.
 - Flash: bytes of the .tflite file the export writes (int8 weights, int32 biases, per-channel scales and zero
-  points, flatbuffer tables), from per-item costs measured the same way, rounded up so that it is never below.
+  points, flatbuffer tables), from per-item costs measured the same way, plus a margin so that it is never below.
 
 Bytes everywhere; `Memory.table()` prints kB (1 kB = 1,024 bytes).
 """
