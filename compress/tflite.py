@@ -191,7 +191,8 @@ def _full_integer_quantizer():
     shared = {aten.avg_pool2d.default, aten.constant_pad_nd.default, aten.pad.default, aten.slice.Tensor,
               aten.max_pool2d.default, aten.view.default, aten.reshape.default, aten.permute.default,
               aten.flatten.using_ints, aten.clone.default, aten.dropout.default, aten.squeeze.dim,
-              aten.unsqueeze.default, aten.transpose.int, aten.contiguous.default, aten._unsafe_view.default}
+              aten.unsqueeze.default, aten.transpose.int, aten.contiguous.default, aten._unsafe_view.default,
+              aten.alias.default}
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     act = config.input_activation
 
