@@ -258,7 +258,10 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     # the memory model: activation arena exact, tensor arena and flash never below TFLM / the file
     assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
     assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
-    assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
+    # this tiny network needs more room while TFLM plans than its final report (1,312 bytes of activations, many
+    # tensors): archs.memory's arena covers it, so the stage ran in it (no note) although it is above that report
+    assert row["arena_bytes"] <= row["arena_bytes_est"] and det["arena_note"] == ""
+    assert det["arena_size_run"] == row["arena_bytes_est"] and det["memory_model"]["planning_bytes"] > 1312
     assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.08 * row["flash_bytes"]
     h = (d / "model_data.h").read_text()
     assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
