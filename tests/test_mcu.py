@@ -147,6 +147,14 @@ def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path):
     assert analysis.best_under(t, sram_kb=0.5).empty
 
 
+def test_mcu_budgets_accept_every_block_kind_in_the_space_and_fit_them():
+    from search.study import SearchConfig
+
+    SearchConfig(budget_sram_kb=64, budget_flash_kb=256, space=["ghost", "mbv3", "ir"]).validate()  # no refusal
+    space, shape = SearchSpace(blocks=("ghost", "mbv3")), DataShape(1, 8, 10)
+    check_feasible(space, shape, Budget(sram_kb=64, flash_kb=256))
+
+
 def test_impossible_mcu_budget_fails_at_once_naming_the_smallest_arena_and_flash():
     space, shape = SearchSpace(), DataShape(1, 8, 10)
     with pytest.raises(UserError, match=r"smallest networks .* need a [0-9.]+ kB tensor arena and [0-9.]+ kB of flash"):
