@@ -2,8 +2,9 @@
 
 A record holds everything about one kind: its `nn.Module`, its arguments (types, defaults, checks), how a stage of
 it resolves into concrete `Block`s (channels, shapes), how to build one, its exact analytic MACs and parameters,
-its search-space choices, and its name in the one-line string form. `spec`, `plan`, `builder`, `estimate` and
-`search.space` look kinds up here, so a kind is added in one place (see `archs/blocks/__init__.py`) and an
+its search-space choices, its operators in the int8 TFLite export (`tflite_graph`, for `archs.memory`), and its
+name in the one-line string form. `spec`, `plan`, `builder`, `estimate`, `memory` and `search.space` look kinds up
+here, so a kind is added in one place (see `archs/blocks/__init__.py`) and an
 unknown kind is a `SpecError` at every layer. Pure Python: the records live in the block modules.
 """
 from __future__ import annotations
