@@ -16,7 +16,8 @@ from benchmarks._common import DEV_SEEDS, REPORT_SEEDS, resolve_seeds, seed_kind
 # benchmark -> the flag naming its JSON output (the scripts predate one common name)
 BENCHMARKS = {"search_quality": "--json", "make_run": "--json", "compression": "--json", "augment": "--json",
               "val_noise": "--json", "prune_steps": "--json", "count_speed": "--out", "train_throughput": "--out",
-              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out", "faults": "--out"}
+              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out",
+              "mcu_search": "--json"}
 
 
 def test_every_benchmark_script_is_smoke_tested():
@@ -38,7 +39,7 @@ BROKEN: dict[str, str] = {}
 def _quick_run(name: str, tmp: Path) -> tuple[str, subprocess.CompletedProcess, Path]:
     out = tmp / f"{name}.json"
     extra = {"search_quality": ["--out", str(tmp / "studies")], "make_run": ["--out", str(tmp / "mr")],
-             "compression": ["--out", str(tmp / "comp")]}.get(name, [])
+             "compression": ["--out", str(tmp / "comp")], "mcu_search": ["--out", str(tmp / "mcu")]}.get(name, [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", BENCHMARKS[name],
                            str(out), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
