@@ -95,13 +95,14 @@ def tflm_tester(out: Path, budget: Budget, final_epochs: int, batch_size: int, s
                          "arena_run_bytes": details["arena_size_run"], "flash_bytes": row["flash_bytes"],
                          "arena_bytes_est": row["arena_bytes_est"], "flash_bytes_est": row["flash_bytes_est"],
                          "arena_note": details["arena_note"], "tflite": str(art)})
-        arena = max(max(r["arena_bytes"], r["arena_run_bytes"]) for r in runs)
+        # what TFLM used, the arena it ran in (kTensorArenaSize: archs.memory's figure unless TFLM needed more)
+        used, ran = max(r["arena_bytes"] for r in runs), max(r["arena_run_bytes"] for r in runs)
         flash = max(r["flash_bytes"] for r in runs)
         return {"test": statistics.mean(r["int8"] for r in runs), "test_retrains": [r["int8"] for r in runs],
                 "fp32_test": statistics.mean(r["fp32"] for r in runs), "fp32_retrains": [r["fp32"] for r in runs],
                 "int8_change": statistics.mean(r["int8"] - r["fp32"] for r in runs),
-                "tflm_arena_bytes": arena, "tflm_flash_bytes": flash,
-                "fits": arena <= budget.sram_kb * KB and flash <= budget.flash_kb * KB, "tflm_runs": runs}
+                "tflm_arena_bytes": used, "tflm_arena_run_bytes": ran, "tflm_flash_bytes": flash,
+                "fits": max(used, ran) <= budget.sram_kb * KB and flash <= budget.flash_kb * KB, "tflm_runs": runs}
     return test
 
 
@@ -149,6 +150,12 @@ def fits_table(budgets: list[tuple[float, float]], rhos: list[float], methods: l
                                    "flash kB", "params"], tablefmt="github") + "\n(archs.memory; kB = 1,024 bytes)"
 
 
+def pick_summary(spec: NetSpec) -> str:
+    """A pick in a few words: input size, width multiplier, its blocks in order."""
+    blocks = " > ".join(f"{st.block}{'x' + str(st.repeats) if st.repeats > 1 else ''}" for st in spec.stages)
+    return f"{spec.input_size} px, alpha {spec.alpha:.3g}: {blocks} > {spec.head.kind}"
+
+
 def report(runs: dict[str, dict[str, list[dict]]], cfg: dict) -> dict:
     """Print one table per budget and the search's margin over every hand design; returns the summary."""
     summary: dict[str, dict] = {}
@@ -164,6 +171,7 @@ def report(runs: dict[str, dict[str, list[dict]]], cfg: dict) -> dict:
             s = {k: statistics.mean(r[k] for r in ok) for k in ("best_val", "test", "fp32_test", "int8_change")}
             s.update(feasible=True, test_per_seed=[r["test"] for r in ok], specs=[r["spec"] for r in ok],
                      max_arena_bytes=max(r["tflm_arena_bytes"] for r in ok),
+                     max_arena_run_bytes=max(r.get("tflm_arena_run_bytes", r["tflm_arena_bytes"]) for r in ok),
                      max_flash_bytes=max(r["tflm_flash_bytes"] for r in ok), all_fit=all(r["fits"] for r in ok),
                      over_budget_share=statistics.mean(r["over_budget_share"] for r in ok))
             summary[tag][name] = s
@@ -176,9 +184,15 @@ def report(runs: dict[str, dict[str, list[dict]]], cfg: dict) -> dict:
               f"{' '.join(f'{r:g}' for r in cfg['rho'])}; {cfg['trials']} trials x {cfg['epochs']} epochs per method, "
               f"picks retrained {cfg['retrains']}x {cfg['final_epochs']} epochs; mean over seeds {cfg['seeds']}")
         print(tabulate(rows, headers=["method", "val acc % (pick)", "TFLM int8 test acc %", "int8 per seed %",
-                                      "fp32 test acc %", "int8 - fp32 points", "TFLM arena kB (max) / budget",
+                                      "fp32 test acc %", "int8 - fp32 points", "TFLM arena used kB (max) / budget",
                                       "flash kB (max) / budget", "picks fit; trials over budget"],
                        tablefmt="github"))
+        picks = [[name, r["seed"], pick_summary(NetSpec.from_string(r["spec"])), f"{r['params']:,}",
+                  f"{r['tflm_arena_bytes'] / KB:.2f}", f"{r.get('tflm_arena_run_bytes', r['tflm_arena_bytes']) / KB:.2f}",
+                  f"{r['tflm_flash_bytes'] / KB:.2f}", f"{100 * r['test']:.2f}"]
+                 for name, rs in by_method.items() for r in rs if r["feasible"]]
+        print(tabulate(picks, headers=["method", "seed", "pick", "params", "TFLM arena used kB", "arena run in kB",
+                                       "flash kB", "TFLM int8 test %"], tablefmt="github"))
         mine = [x for r in by_method.get(SEARCH, []) if r["feasible"] for x in r["test_retrains"]]
         for name, rs in by_method.items():
             other = [x for r in rs if r["feasible"] for x in r["test_retrains"]]

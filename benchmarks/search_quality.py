@@ -194,7 +194,7 @@ def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, f
                  search_final_epochs: int | None = None, study_name: str | None = None) -> dict:
     """The search (`search.run_search`) under `budget` at the given resolution multipliers; its winner is tested
     by `tester` (fp32 retrains by default). `search_final_epochs`: the search's own retrain of the winner
-    (default `final_epochs`; its test accuracy is kept as test_search_retrain)."""
+    (default `final_epochs`; its test accuracy is kept as test_search_retrain; 0 skips it)."""
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, budget_sram_kb=budget.sram_kb,
                        budget_flash_kb=budget.flash_kb, dataset="digits", trials=trials,
                        epochs=epochs, final_epochs=final_epochs if search_final_epochs is None else search_final_epochs,
@@ -212,7 +212,7 @@ def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, f
     tested = tester(NetSpec.from_string(w["spec"]), hp, data)
     over = over_budget(budget, trained)
     return {"feasible": True, "spec": w["spec"], "best_val": w["val_acc"], "val_runs": w["val_evals"],
-            **tested, "hparams": hp, "test_search_retrain": w["test_acc"],
+            **tested, "hparams": hp, **({"test_search_retrain": w["test_acc"]} if cfg.final_epochs else {}),
             "over_budget_share": float(over.mean()), "mean_budget_use": float(trained["budget_share"].mean()),
             "fvcore_macs": w["macs"], "params": w["params"],
             "infeasible_samples": int((df["fail_reason"].fillna("").str.startswith("infeasible")).sum())}

@@ -66,4 +66,8 @@ def test_every_benchmark_quick_run_writes_json_with_provenance(tmp_path):
         assert "shared_machine" in meta["machine"] and meta["machine"]["cpu_model"], name
         if (ROOT / ".git").exists():
             assert meta["commit"] and len(meta["commit"]) == 40, name
+        if name == "mcu_search":  # every pick ran in TFLM within the arena and flash budget
+            picks = [r for by_method in json.loads(out.read_text())["runs"].values() for rs in by_method.values()
+                     for r in rs if r["feasible"]]
+            assert picks and all(r["fits"] and r["tflm_runs"] for r in picks), picks
     assert not failed, failed
