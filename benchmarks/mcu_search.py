@@ -25,8 +25,9 @@ or 0.14 (12x12) and not at 16x16, MobileNetV1-style at alpha 0.14-0.51 (its flas
 before any training (python benchmarks/mcu_search.py --fits prints them).
 
 Trials and epochs (16 x 8 per method, final 30 epochs x 2 retrains) are scaled so that all three methods on
-three seeds take about half an hour on one core of the shared 2-core machine; the search's own retrain of its
-winner is skipped (--final-epochs applies to the retrains here, the same for every method).
+three seeds stay well under half an hour on one core of the shared 2-core machine (23 min on development seeds,
+15 min on report seeds, 2026-12-02); the search's own retrain of its winner is skipped (--final-epochs applies to
+the retrains here, the same for every method).
 
     python benchmarks/mcu_search.py --seeds report --shared-machine   # the figures in docs/mcu.md
     python benchmarks/mcu_search.py                                   # development seeds, for any choice
