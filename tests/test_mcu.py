@@ -78,14 +78,20 @@ _RECORDED = [
      "CONV_2D 8, CONV_2D 16, RESHAPE 16, ADD 16, MUL 16, RESHAPE 16, MUL 256, CONV_2D 256, DEPTHWISE_CONV_2D 256, "
      "MEAN 16, CONV_2D 8, CONV_2D 16, RESHAPE 16, ADD 16, MUL 16, RESHAPE 16, MUL 256, CONV_2D 256, ADD 256, "
      "TRANSPOSE 256, RESHAPE 256, FULLY_CONNECTED 10", 2624),
+    # two padded max pools share one pad-value constant: the first gets a requantizing QUANTIZE at the start
+    ("c10_i1_r8_a2.0_p1.0_d4_relu | stem8k3s1 | maxpoolk3s2(padding=1) | conv16k3s1 | maxpoolk3s2(padding=1) | "
+     "head:flatten",
+     "QUANTIZE 1, DEPTHWISE_CONV_2D 1024, PADV2 1600, MAX_POOL_2D 256, CONV_2D 512, PADV2 1152, MAX_POOL_2D 128, "
+     "TRANSPOSE 128, RESHAPE 128, FULLY_CONNECTED 10", 2640),
 ]
 
 
-@pytest.mark.parametrize("spec,ops,head", _RECORDED, ids=["ghost", "mbv3"])
-def test_converted_graph_of_ghost_and_mbv3_equals_the_exported_file(spec, ops, head):
-    """Ghost modules (concatenation, slice when ratio does not divide, depthwise shortcut after the main branch) and
-    MobileNetV3 blocks (own activation, hard-sigmoid squeeze-excite as RESHAPE, ADD, MUL, RESHAPE): the model's op
-    list, tensor sizes and TFLM head equal what export_int8 produced and TFLM planned for these files."""
+@pytest.mark.parametrize("spec,ops,head", _RECORDED, ids=["ghost", "mbv3", "two-padded-max-pools"])
+def test_converted_graph_equals_the_exported_file(spec, ops, head):
+    """Ghost modules (concatenation, slice when ratio does not divide, depthwise shortcut after the main branch),
+    MobileNetV3 blocks (own activation, hard-sigmoid squeeze-excite as RESHAPE, ADD, MUL, RESHAPE) and the pad-value
+    requantization of padded max pools: the model's op list, tensor sizes and TFLM head equal what export_int8
+    produced and TFLM planned for these files."""
     m = memory(NetSpec.from_string(spec))
     assert ", ".join(f"{x.op} {x.out_bytes}" for x in m.layers) == ops
     assert m.activation_bytes == head
