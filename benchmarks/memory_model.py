@@ -20,6 +20,7 @@ The TFLM measurements are cached one JSON line per spec (--cache) so a rerun onl
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import statistics
@@ -161,6 +162,11 @@ def _time(fn, spec, repeats: int) -> float:
     return best
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a cache, plain or gzip-compressed (.gz: the committed docs/benchmarks/ copy)."""
+    return (gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()).splitlines()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.fit:
         def read(files):
-            recs = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
+            recs = [json.loads(line) for f in files for line in _lines(Path(f)) if line.strip()]
             recs = [r for r in recs if "error" not in r and "total" in r.get("alloc", {})]
             return list({r["spec"]: r for r in recs}.values())
 
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_path = Path(args.cache)
     cache: dict[str, dict] = {}
     if cache_path.is_file():
-        for line in cache_path.read_text().splitlines():
+        for line in _lines(cache_path):
             if line.strip():
                 r = json.loads(line)
                 cache[r["spec"]] = r
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if key not in cache:
                 cache[key] = measure_tflm(spec, Path(td))
-                with cache_path.open("a") as f:
+                with (gzip.open(cache_path, "at") if cache_path.suffix == ".gz" else cache_path.open("a")) as f:
                     f.write(json.dumps(cache[key]) + "\n")
             r = cache[key]
             if args.measure_only:
