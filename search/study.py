@@ -83,6 +83,7 @@ class SearchConfig:
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
     label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
     confirm: float = 0.2               # share of --trials re-training the leaders with new seeds (search.confirm)
+    width: str = "alpha"               # what the sampler chooses for the width (search.space.SearchSpace.width)
     storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S  # s a database may stay unreachable before a worker gives up
 
     @property
@@ -129,7 +130,7 @@ class SearchConfig:
                 or (len(obj) == 2 and obj[1] == "accuracy"):
             raise UserError(f"--objectives must be 'accuracy' or 'accuracy,COST' with COST in mflops, params, "
                             f"latency, sram, flash; got {','.join(obj)!r}")
-        SearchSpace(blocks=tuple(self.space)).validate()
+        SearchSpace(blocks=tuple(self.space), width=self.width).validate()
         if self.budget.mcu or any(o in ("sram", "flash") for o in obj):
             missing = [b for b in self.space if not supported(b)]
             if missing:
@@ -210,7 +211,7 @@ def sampler_seed(cfg: SearchConfig, ordinal: int) -> int:
 #: --quiet, --storage-timeout, --data-dir, --download, --no-warm-start) may differ between workers and runs.
 STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "dataset", "image_size", "objectives",
                   "space", "max_stages", "rho", "epochs", "batch_size", "lr", "weight_decay", "augment",
-                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed")
+                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed", "width")
 SETTINGS_ATTR = "edgenas_settings"
 WORKERS_ATTR = "edgenas_workers"
 _FLAG = {"kd_temperature": "temperature"}
@@ -378,7 +379,7 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
         # tiny networks train many times faster on one thread per process than on several (measured in README)
         torch.set_num_threads(cfg.threads)
     data = data or load_data(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, image_size=cfg.image_size)
-    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho))
+    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho), width=cfg.width)
     if cfg.lr is not None or cfg.weight_decay is not None:
         space.search_lr = False
     shape = DataShape(data.in_chans, data.resolution, data.num_classes)
