@@ -60,7 +60,7 @@ def synflow(model: nn.Module, x: torch.Tensor) -> float:
                 p.abs_()
     model.zero_grad()
     model(torch.ones((1, *x.shape[1:]), dtype=torch.float64)).sum().backward()
-    score = sum(float((w * w.grad).abs().sum()) for w in _weights(model) if w.grad is not None)
+    score = sum(float((w.detach() * w.grad).abs().sum()) for w in _weights(model) if w.grad is not None)
     with torch.no_grad():
         for n, p in model.state_dict().items():
             if n in signs:

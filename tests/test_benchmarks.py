@@ -16,7 +16,8 @@ from benchmarks._common import DEV_SEEDS, REPORT_SEEDS, resolve_seeds, seed_kind
 # benchmark -> the flag naming its JSON output (the scripts predate one common name)
 BENCHMARKS = {"search_quality": "--json", "make_run": "--json", "compression": "--json", "augment": "--json",
               "val_noise": "--json", "prune_steps": "--json", "count_speed": "--out", "train_throughput": "--out",
-              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out", "faults": "--out"}
+              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out", "faults": "--out",
+              "sampler_efficiency": "--json"}
 
 
 def test_every_benchmark_script_is_smoke_tested():
