@@ -48,7 +48,7 @@ from benchmarks._common import add_common_args, resolve_seeds, write_results  # 
 from search.confirm import CONFIRMS, enqueue_confirmation, rank_candidates  # noqa: E402
 from search.objective import Objective, TrialFailed  # noqa: E402
 from search.proxies import PROXIES, Screen, score_all  # noqa: E402
-from search.space import Budget, DataShape, SearchSpace  # noqa: E402
+from search.space import Budget, DataShape, SearchSpace, sample  # noqa: E402
 from search.study import SearchConfig, enqueue_warm_start, make_sampler, quiet_library_warnings, train_config  # noqa: E402
 from search.workers import is_counted  # noqa: E402
 from search_quality import baselines, final_tests, run_baseline  # noqa: E402
@@ -196,6 +196,21 @@ def run_one(budget_name: str, seed: int, method: str, args) -> dict:
             "pick_trial": pick["number"], "epochs": res["epochs"], "seconds": res["seconds"],
             "screen_seconds": res["screen_seconds"], "n_trials": len(res["trials"]), "trials": res["trials"],
             "curve": anytime(res["trials"]), "total_seconds": time.perf_counter() - t0}
+
+
+def alpha_replaced(budget_name: str, draws: int = 1000, seed: int = 0) -> dict:
+    """How often the bisection replaces the sampled alpha (default --width alpha), over random draws of the space:
+    the share of feasible draws whose fitted alpha is below the sampled one, and the median fitted / sampled."""
+    mflops, params, rho = BUDGETS[budget_name]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    ratios = []
+    for _ in range(draws):
+        t = study.ask()
+        c = sample(t, SearchSpace(rho=rho), DataShape(1, 8, 10), Budget(mflops, params))
+        if c is not None:
+            ratios.append(c.spec.alpha / t.params["alpha"])
+    return {"draws": draws, "feasible": len(ratios), "replaced_share": sum(r < 1 - 1e-9 for r in ratios) / len(ratios),
+            "median_fitted_over_sampled": statistics.median(ratios)}
 
 
 # ----- analysis ---------------------------------------------------------------------------------------------------
@@ -387,7 +402,7 @@ def main() -> None:
     runs: list[dict] = []
     t0 = time.time()
 
-    def save(final: bool) -> None:
+    def save(final: bool) -> dict:
         done = {(r["budget"], r["seed"], r["method"]) for r in runs}
         out = {"config": vars(args), "runs": runs, "missing": [f"{b} seed {s} {m}" for b, s, m in tasks
                                                                if (b, s, m) not in done],
@@ -395,8 +410,10 @@ def main() -> None:
         if final:
             out["summary"] = summarize(runs, args)
             out["spearman"] = spearman_table(runs)
+            out["alpha_replaced"] = {b: alpha_replaced(b, 50 if args.quick else 1000) for b in args.budgets}
             out["published"] = {"Abdelfattah et al. 2021, NAS-Bench-201 CIFAR-10, best single proxy (synflow)": 0.82}
         write_results(args.json, out, args, args.seeds)
+        return out
 
     for b, s, m in tasks:
         r = run_one(b, s, m, args)
@@ -404,13 +421,16 @@ def main() -> None:
         print(f"{b} seed {s} {m}: pick val {100 * r['val_acc']:.2f}% test {100 * r['test']:.2f}%  "
               f"{r['epochs']} epochs, {r['seconds']:.0f} s  {r['spec']}  [{time.time() - t0:.0f} s]", flush=True)
         save(False)
-    save(True)
-    sp = spearman_table(runs)
+    final = save(True)
+    sp = final["spearman"]
     rows = [[k, v["networks"], *(("" if v["spearman"][p] is None else f"{v['spearman'][p]:+.2f}") for p in PROXIES),
              f"{v['median_ms_all_proxies']:.0f}"] for k, v in sp.items()]
     print("\nSpearman rank correlation with trained validation accuracy (Abdelfattah et al. 2021: best proxy 0.82 "
           "on NAS-Bench-201)")
     print(tabulate(rows, headers=["budget / networks of", "n", *PROXIES, "ms (all 5)"], tablefmt="github"))
+    for b, a in final["alpha_replaced"].items():
+        print(f"{b}: of {a['feasible']} feasible random draws (of {a['draws']}), the bisection replaced the sampled "
+              f"alpha in {100 * a['replaced_share']:.1f} % (median fitted / sampled {a['median_fitted_over_sampled']:.3f})")
     print("\n".join(f"wrote {p}" for p in plot(runs, prefix)))
     print(f"wrote {args.json} ({time.time() - t0:.0f} s)")
 
