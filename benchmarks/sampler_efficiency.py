@@ -11,7 +11,7 @@ the same number of trials. Methods:
 - hyperband: the default TPE with Optuna's HyperbandPruner (reduction factor 2): more, shorter trials;
 - tpe-share: the default TPE with --width share (the sampler chooses the budget share alpha is fitted to);
 - screen-<proxy>: each new trial trains the best of --screen-k random budget-fitted candidates by a zero-cost
-  proxy (search.proxies.Screen);
+  proxy (search.proxies.Screen; screen--<proxy> trains the lowest-scoring one);
 - lenet-style: the best hand design of benchmarks/search_quality.py fitted to the budget, its trials tuning
   learning rate and weight decay.
 Every method starts from the search's warm start (its classic designs) and selects as the search does (the last
@@ -382,9 +382,9 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = resolve_seeds(args.seeds)
     for m in args.methods:
-        if m not in METHODS and not (m.startswith("screen-") and m.split("-", 1)[1] in PROXIES):
+        if m not in METHODS and not (m.startswith("screen-") and m.split("-", 1)[1].lstrip("-") in PROXIES):
             raise SystemExit(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)} or screen-PROXY "
-                             f"({', '.join(PROXIES)})")
+                             f"({', '.join(PROXIES)}; screen--PROXY prefers low scores)")
     if args.quick:  # every method once, tiny: the code paths run, the figures mean nothing
         args.trials, args.epochs, args.final_epochs, args.seeds, args.screen_k = 4, 1, 1, args.seeds[:1], 3
     prefix = Path(args.plots) if args.plots else Path(args.json).with_suffix("")

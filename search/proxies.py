@@ -112,7 +112,7 @@ class Screen:
     """Propose the best of `k` random budget-fitted candidates by a proxy (a trial then trains it).
 
     Candidates are drawn by Optuna's RandomSampler from the search space itself, fitted by the same bisection as
-    any trial; infeasible draws are skipped (at most 10 k draws)."""
+    any trial; infeasible draws are skipped (at most 10 k draws). A proxy named "-NAME" prefers low NAME scores."""
 
     space: SearchSpace
     shape: DataShape
@@ -141,7 +141,8 @@ class Screen:
             if fitted is None:
                 continue
             x, y = self.batch(fitted.input_size)
-            s = score(fitted.validate(), self.proxy, x, y, self.seed + t.number)
+            sign = -1.0 if self.proxy.startswith("-") else 1.0
+            s = sign * score(fitted.validate(), self.proxy.lstrip("-"), x, y, self.seed + t.number)
             scored += 1
             if not math.isnan(s) and (best is None or s > best[0]):
                 best = (s, dict(t.params))
