@@ -57,10 +57,12 @@ from training.data import load_data  # noqa: E402
 #: name -> (MFLOPs, params, rho choices): the tight 8x8 budget of search_quality.py, and a 12x12 one (rho 1.5)
 #: with a few thousand parameters
 BUDGETS = {"8x8": (0.02, 1000, (1.0,)), "12x12": (0.1, 4000, (1.5,))}
-METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "lenet-style")
-#: what a run measures unless --methods says otherwise: Optuna's univariate TPE is left out for compute (the
-#: search's default TPE is already multivariate with group=True)
-DEFAULT_METHODS = ("tpe", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "lenet-style")
+METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "screen-params",
+           "screen--naswot", "lenet-style")
+#: what a run measures unless --methods says otherwise (screen-params and screen--naswot were added after the
+#: first development run had measured each proxy's rank correlation; see docs/sampler_efficiency.md)
+DEFAULT_METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "screen-params",
+                   "screen--naswot", "lenet-style")
 CPU = torch.device("cpu")
 
 
@@ -108,9 +110,9 @@ def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, s
             if params is not None:
                 study.enqueue_trial(params)
         s0 = time.perf_counter()
-        study.optimize(objective, n_trials=1, catch=(TrialFailed,))
-        t = study.get_trials(deepcopy=False)[-1]
-        if not is_counted(t):
+        ran: list[optuna.trial.FrozenTrial] = []  # the trial this step ran (queued ones follow it in the list)
+        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[lambda _s, ft: ran.append(ft)])
+        if not ran or not is_counted(t := ran[0]):
             continue
         a = t.user_attrs
         epochs = int(a.get("epochs_run", 0))
