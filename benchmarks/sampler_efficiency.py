@@ -379,7 +379,8 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/sampler_efficiency.json"))
     ap.add_argument("--plots", default=None, help="PNG path prefix (default: the JSON's, plus _BUDGET.png)")
-    ap.add_argument("--summarize", metavar="JSON", default=None, help="tables and plots of a saved run, no training")
+    ap.add_argument("--summarize", metavar="JSON", nargs="+", default=None,
+                    help="tables and plots of saved runs (several: their runs together, e.g. one seed each), no training")
     add_common_args(ap)
     args = ap.parse_args()
     args.seeds = resolve_seeds(args.seeds)
@@ -391,10 +392,11 @@ def main() -> None:
         args.trials, args.epochs, args.final_epochs, args.seeds, args.screen_k = 4, 1, 1, args.seeds[:1], 3
     prefix = Path(args.plots) if args.plots else Path(args.json).with_suffix("")
     if args.summarize:
-        saved = json.loads(Path(args.summarize).read_text())
-        summarize(saved["runs"], argparse.Namespace(**saved["config"]))
-        print(json.dumps(spearman_table(saved["runs"]), indent=1))
-        print("\n".join(plot(saved["runs"], prefix)))
+        saved = [json.loads(Path(p).read_text()) for p in args.summarize]
+        runs = [r for sv in saved for r in sv["runs"]]
+        summarize(runs, argparse.Namespace(**saved[0]["config"]))
+        print(json.dumps(spearman_table(runs), indent=1))
+        print("\n".join(plot(runs, prefix)))
         return
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
