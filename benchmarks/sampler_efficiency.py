@@ -11,7 +11,7 @@ the same number of trials. Methods:
 - hyperband: the default TPE with Optuna's HyperbandPruner (reduction factor 2): more, shorter trials;
 - tpe-share: the default TPE with --width share (the sampler chooses the budget share alpha is fitted to);
 - screen-<proxy>: each new trial trains the best of --screen-k random budget-fitted candidates by a zero-cost
-  proxy (search.proxies.Screen; screen--<proxy> trains the lowest-scoring one);
+  proxy, as `search.run --screen K --screen-proxy PROXY` does (screen--<proxy> trains the lowest-scoring one);
 - lenet-style: the best hand design of benchmarks/search_quality.py fitted to the budget, its trials tuning
   learning rate and weight decay.
 Every method starts from the search's warm start (its classic designs) and selects as the search does (the last
@@ -47,9 +47,10 @@ from archs import NetSpec  # noqa: E402
 from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from search.confirm import CONFIRMS, enqueue_confirmation, rank_candidates  # noqa: E402
 from search.objective import Objective, TrialFailed  # noqa: E402
-from search.proxies import PROXIES, Screen, score_all  # noqa: E402
+from search.proxies import PROXIES, score_all  # noqa: E402
 from search.space import Budget, DataShape, SearchSpace, sample  # noqa: E402
-from search.study import SearchConfig, enqueue_warm_start, make_sampler, quiet_library_warnings, train_config  # noqa: E402
+from search.study import (SearchConfig, enqueue_warm_start, make_sampler, make_screen, quiet_library_warnings,  # noqa: E402
+                          train_config)
 from search.workers import is_counted  # noqa: E402
 from search_quality import baselines, final_tests, run_baseline  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -88,15 +89,8 @@ def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, s
     enqueue_warm_start(study, space, contextlib.nullcontext, trials)
     objective = Objective(data, space, budget, ["accuracy"], train_config(cfg, CPU, data, args.epochs), CPU)
     screen = None
-    if method.startswith("screen-"):
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(data.train.y), generator=gen)[:64]
-
-        def batch(size: int):
-            x, _ = objective.split(size)
-            return x.x[idx], x.y[idx]
-        screen = Screen(space, DataShape(data.in_chans, data.resolution, data.num_classes), budget, args.screen_k,
-                        method.split("-", 1)[1], batch, seed)
+    if method.startswith("screen-"):  # as search.run --screen K --screen-proxy PROXY does it
+        screen = make_screen(objective, replace(cfg, screen=args.screen_k, screen_proxy=method.split("-", 1)[1]), seed)
     total = trials * args.epochs
     spent, rows, t0 = 0, [], time.perf_counter()
     for _ in range(50 * trials):  # infeasible samples cost no epochs; bounded all the same

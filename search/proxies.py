@@ -19,7 +19,7 @@ from torch import nn
 
 from archs import NetSpec, build, estimate
 
-from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure, trial_budget
 
 PROXIES = ("naswot", "synflow", "grad_norm", "params", "macs")
 _ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU)
@@ -137,7 +137,8 @@ class Screen:
                 break
             t = self._draws.ask()
             spec, alpha, _ = sample_structure(t, self.space, self.shape)
-            fitted = fit_alpha(spec, alpha, self._fits, self.space.alpha_min)
+            fits = self._fits if "budget_share" not in t.params else analytic_fits(trial_budget(self.budget, t.params))
+            fitted = fit_alpha(spec, alpha, fits, self.space.alpha_min)
             if fitted is None:
                 continue
             x, y = self.batch(fitted.input_size)

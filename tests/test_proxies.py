@@ -103,3 +103,14 @@ def test_the_default_width_still_samples_alpha_as_an_upper_bound():
     cand = sample(t, SearchSpace(), SHAPE, Budget(mflops=0.02, params=1000))
     assert "alpha" in t.params and "budget_share" not in t.params
     assert cand is None or cand.spec.alpha <= t.params["alpha"] and analytic_fits(Budget(0.02, 1000))(cand.spec)
+
+
+def test_search_run_screen_trains_the_best_candidate_by_the_proxy(tmp_path: Path):
+    main(["--budget-mflops", "0.02", "--budget-params", "1000", "--trials", "3", "--screen", "4", "--rho", "1",
+          "--screen-proxy", "params", "--no-warm-start", "--confirm", "0", "--study-name", "scr", "--out",
+          str(tmp_path), "--epochs", "1", "--final-epochs", "1", "--quiet", "--top-k", "1"])
+    study = optuna.load_study(study_name="scr", storage=f"sqlite:///{tmp_path / 'scr/study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.user_attrs.get("screened") == "best of 4 by params" for t in done)
+    assert all(t.user_attrs["params_count"] <= 1000 and t.user_attrs["mflops"] <= 0.02 for t in done)
+
