@@ -170,20 +170,17 @@ def run_one(budget_name: str, seed: int, method: str, args) -> dict:
     data = load_data("digits", seed=seed)
     t0 = time.perf_counter()
     if method == "lenet-style":
-        size = round(data.resolution * rho[0])
-        spec = replace(baselines(divisor=4)["lenet-style conv"], rho=rho[0])
-        r = run_baseline(spec, budget, data.resized(size) if size != data.resolution else data, args.trials,
-                         args.epochs, args.final_epochs, seed, args.batch_size, args.retrains, args.label_smoothing,
-                         args.confirm)
+        r = run_baseline(baselines(divisor=4)["lenet-style conv"], budget, data, args.trials, args.epochs,
+                         args.final_epochs, seed, args.batch_size, args.retrains, args.label_smoothing, args.confirm,
+                         rhos=rho)
         return {"method": method, "budget": budget_name, "seed": seed, "val_acc": r["best_val"], "test": r["test"],
                 "test_retrains": r["test_retrains"], "spec": r["spec"], "epochs": args.trials * args.epochs,
                 "seconds": time.perf_counter() - t0, "trials": [], "curve": None}
     res = run_study(method, budget, rho, data, args, seed)
     pick = res["pick"]
     spec = NetSpec.from_dict(pick["spec_json"])
-    tdata = data.resized(spec.input_size) if spec.input_size != data.resolution else data
-    tests = final_tests(spec, pick["hparams"], tdata, args.final_epochs, args.batch_size, seed, args.retrains,
-                        args.label_smoothing)
+    tests = final_tests(spec, pick["hparams"], data, args.final_epochs, args.batch_size, seed, args.retrains,
+                        args.label_smoothing)  # at the pick's input size
     proxy_scores(res["trials"], data, seed)
     for r in res["trials"]:
         r.pop("spec_json", None)

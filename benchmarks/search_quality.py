@@ -2,9 +2,10 @@
 
 Every method gets the same number of trials and epochs per trial, on the same data split, for each seed:
 - TPE / random: the full architecture search (`search.run_search`) at the native 8x8 resolution (rho = 1).
-- Baselines: a fixed hand-designed architecture (LeNet-style, MobileNetV1-style, SqueezeNet-style) whose width
-  multiplier alpha is fitted to the budget by the same bisection the search uses; its trials tune learning rate
-  and weight decay with TPE (the search samples these too), so trial budgets are equal.
+- Baselines: a fixed hand-designed architecture (LeNet-style, MobileNetV1-style, MobileNetV2-style,
+  SqueezeNet-style) whose width multiplier alpha is fitted to the budget by the same bisection the search uses;
+  its trials tune learning rate and weight decay with TPE (the search samples these too), so trial budgets are
+  equal. benchmarks/mcu_search.py runs these same functions under microcontroller budgets.
 Every method selects the same way, as search.run does (search.confirm): the last --confirm share of its trials
 re-train its 3 leading candidates with new seeds, and its pick is the candidate with the best mean validation
 accuracy (the "val" column); --confirm 0 picks the best single trial. The pick is retrained on train+val for
@@ -31,7 +32,10 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import optuna
 import torch
@@ -41,11 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
+from archs.memory import memory  # noqa: E402
 from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
 from search.confirm import enqueue_confirmation, rank_candidates  # noqa: E402
 from search.space import Budget, SearchSpace, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
-from training.data import load_data  # noqa: E402
+from training.data import Splits, load_data  # noqa: E402
 from training.loop import TrainConfig, evaluate, fit, set_seed  # noqa: E402
 
 
@@ -64,6 +69,14 @@ def baselines(divisor: int) -> dict[str, NetSpec]:
                                                     stages=[StageSpec("dws", 64), StageSpec("dws", 128, stride=2),
                                                             StageSpec("dws", 128), StageSpec("dws", 256, stride=2),
                                                             StageSpec("dws", 256)], head=HeadSpec("pool")),
+        # MobileNetV2's inverted residuals (expand 1, then 6; residual where the shape stays) and its final 1x1
+        # feature conv, scaled to an 8x8 input: two stride-2 stages instead of five
+        "mobilenetv2-style (alpha fitted)": NetSpec(**common, stem=StemSpec(32, 3, 1),
+                                                    stages=[StageSpec("ir", 16, args={"expand": 1}),
+                                                            StageSpec("ir", 24, 2, stride=2, args={"expand": 6}),
+                                                            StageSpec("ir", 32, 2, stride=2, args={"expand": 6}),
+                                                            StageSpec("conv", 128, kernel=1)],
+                                                    head=HeadSpec("pool")),
         "squeezenet-style fire (alpha fitted)": NetSpec(**common, stem=StemSpec(64, 3, 1),
                                                         stages=[StageSpec("fire", 128, 2),
                                                                 StageSpec("maxpool", kernel=3, stride=2,
@@ -73,65 +86,121 @@ def baselines(divisor: int) -> dict[str, NetSpec]:
     }
 
 
-def final_tests(spec: NetSpec, hp: dict, data, final_epochs: int, batch_size: int, seed: int,
-                retrains: int, label_smoothing: float) -> list[float]:
-    """Test accuracy of `spec` retrained `retrains` times (seeds differ) on train+val; the same for every method,
-    so the comparison is not decided by one lucky or unlucky initialisation on a 360-image test set."""
-    accs = []
+def retrained(spec: NetSpec, hp: dict, data: Splits, final_epochs: int, batch_size: int, seed: int,
+              retrains: int, label_smoothing: float) -> Iterator[tuple[torch.nn.Module, Splits]]:
+    """`spec` retrained `retrains` times (seeds differ) on train+val, with the data at its input size; the same
+    for every method, so the comparison is not decided by one lucky or unlucky initialisation on a 360-image
+    test set."""
+    data = data.resized(spec.input_size)  # the data itself when rho = 1
     for r in range(retrains):
         cfg = TrainConfig(epochs=final_epochs, batch_size=batch_size, augment=data.augment, seed=1000 * (r + 1) + seed,
                           label_smoothing=label_smoothing, **hp)
         set_seed(cfg.seed)
         model = build(spec)
         fit(model, data.trainval(), None, cfg)
-        accs.append(evaluate(model, data.test))
-    return accs
+        yield model, data
+
+
+def final_tests(spec: NetSpec, hp: dict, data: Splits, final_epochs: int, batch_size: int, seed: int,
+                retrains: int, label_smoothing: float) -> list[float]:
+    """fp32 test accuracy of every retrain of `spec` (`retrained`)."""
+    return [evaluate(model, d.test) for model, d in retrained(spec, hp, data, final_epochs, batch_size, seed,
+                                                               retrains, label_smoothing)]
+
+
+def fp32_tester(final_epochs: int, batch_size: int, seed: int, retrains: int,
+                label_smoothing: float) -> Callable[[NetSpec, dict, Splits], dict]:
+    """The default final measurement of a pick: "test" = the mean fp32 test accuracy of its retrains."""
+    def test(spec: NetSpec, hp: dict, data: Splits) -> dict:
+        tests = final_tests(spec, hp, data, final_epochs, batch_size, seed, retrains, label_smoothing)
+        return {"test": statistics.mean(tests), "test_retrains": tests}
+    return test
+
+
+def fits_budget(budget: Budget, spec: NetSpec) -> bool:
+    """The analytic budget check the bisection uses (MFLOPs, params and, under MCU budgets, arena and flash)."""
+    return analytic_fits(budget)(spec)
+
+
+def budget_use(budget: Budget, spec: NetSpec) -> float:
+    """Largest share of any budget `spec` uses (arena and flash by `archs.memory` under MCU budgets)."""
+    return budget.share(estimate(spec), mem=memory(spec) if budget.mcu else None)
 
 
 def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
-                 batch_size: int, retrains: int, label_smoothing: float, confirm: float) -> dict:
-    fitted = fit_alpha(spec, 4.0, analytic_fits(budget), alpha_min=0.02)
-    if fitted is None:
+                 batch_size: int, retrains: int, label_smoothing: float, confirm: float,
+                 rhos: Sequence[float] = (1.0,), tester: Callable[[NetSpec, dict, Splits], dict] | None = None) -> dict:
+    """A hand design, its width fitted to the budget, trials tuning learning rate and weight decay (and, when
+    several `rhos` are given, the input resolution: alpha is then fitted per rho), picked and tested like a
+    search (`tester`: fp32 retrains by default)."""
+    fitted_at = {rho: fit_alpha(replace(spec, rho=rho), 4.0, analytic_fits(budget), alpha_min=0.02) for rho in rhos}
+    fitted_at = {rho: f for rho, f in fitted_at.items() if f is not None}
+    if not fitted_at:
         return {"feasible": False}
-    cost = estimate(fitted)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def design(params: dict) -> NetSpec:
+        return fitted_at[params["rho"]] if "rho" in params else next(iter(fitted_at.values()))
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", *SPACE.lr, log=True)  # the search's own ranges
         wd = trial.suggest_float("weight_decay", *SPACE.weight_decay, log=True)
+        if len(fitted_at) > 1:  # a single resolution samples nothing more (the sampler's draws stay the same)
+            trial.suggest_categorical("rho", list(fitted_at))
+        fitted = design(trial.params)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd, augment=data.augment,
                           seed=seed + trial.number, label_smoothing=label_smoothing)
         set_seed(cfg.seed)
         model = build(fitted)
-        return fit(model, data.train, data.val, cfg).val_acc
+        d = data.resized(fitted.input_size)
+        return fit(model, d.train, d.val, cfg).val_acc
 
     for done in range(trials):  # the search's own selection: confirmations of the leaders, then the best mean
         enqueue_confirmation(study, study.get_trials(deepcopy=False), done, 0, trials, confirm)
         study.optimize(objective, n_trials=1)
     best = rank_candidates(study.get_trials(deepcopy=False))[0]
-    hp = best.trial.params
-    tests = final_tests(fitted, hp, data, final_epochs, batch_size, seed, retrains, label_smoothing)
+    hp = {k: v for k, v in best.trial.params.items() if k != "rho"}
+    fitted = design(best.trial.params)
+    tester = tester or fp32_tester(final_epochs, batch_size, seed, retrains, label_smoothing)
     fv = count(build(fitted))
     return {"feasible": True, "spec": fitted.to_string(), "best_val": best.mean, "val_runs": best.evals,
-            "test": statistics.mean(tests), "test_retrains": tests, "hparams": hp,
-            "over_budget_share": 0.0 if budget.fits(cost) else 1.0,
-            "mean_budget_use": budget.share(cost),
+            **tester(fitted, hp, data), "hparams": hp,
+            "over_budget_share": 0.0 if fits_budget(budget, fitted) else 1.0,
+            "mean_budget_use": budget_use(budget, fitted),
             "fvcore_macs": fv.macs, "params": fv.params}
 
 
 SEARCHES = {"search (tpe)": ("tpe", True), "search (random)": ("random", True),
             "search (tpe, --no-warm-start)": ("tpe", False)}  # method -> (sampler, warm start)
 PRIORITY = ["search (tpe)", "lenet-style conv", "search (tpe, --no-warm-start)", "search (random)",
-            "mobilenetv1-style (alpha fitted)", "squeezenet-style fire (alpha fitted)"]  # the order runs start in
+            "mobilenetv1-style (alpha fitted)", "squeezenet-style fire (alpha fitted)",
+            "mobilenetv2-style (alpha fitted)"]  # the order runs start in
+
+
+def over_budget(budget: Budget, trials) -> "pandas.Series":  # noqa: F821
+    """Per row of trials.csv: over any budget by the recorded cost (arena and flash in kB, 1 kB = 1,024 bytes)?"""
+    over = trials["val_acc"] != trials["val_acc"]  # all False
+    for limit, column, scale, slack in ((budget.mflops, "mflops", 1e6, 0.5), (budget.params, "params_count", 1, 0),
+                                        (budget.sram_kb, "sram_kb", 1, 0), (budget.flash_kb, "flash_kb", 1, 0)):
+        if limit is not None:
+            over |= trials[column] * scale > limit * scale + slack
+    return over
 
 
 def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
                  batch_size: int, out: str, threads: int, retrains: int, label_smoothing: float,
-                 confirm: float, warm_start: bool = True) -> dict:
-    cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, dataset="digits", trials=trials,
-                       epochs=epochs, final_epochs=final_epochs, batch_size=batch_size, sampler=sampler,
-                       pruner="none", rho=[1.0], top_k=1, seed=seed, quiet=True, out=out,
-                       study_name=f"{sampler}{'' if warm_start else '-nowarm'}-seed{seed}", device="cpu",
+                 confirm: float, warm_start: bool = True, rhos: Sequence[float] = (1.0,),
+                 tester: Callable[[NetSpec, dict, Splits], dict] | None = None,
+                 search_final_epochs: int | None = None, study_name: str | None = None) -> dict:
+    """The search (`search.run_search`) under `budget` at the given resolution multipliers; its winner is tested
+    by `tester` (fp32 retrains by default). `search_final_epochs`: the search's own retrain of the winner
+    (default `final_epochs`; its test accuracy is kept as test_search_retrain; 0 skips it)."""
+    cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, budget_sram_kb=budget.sram_kb,
+                       budget_flash_kb=budget.flash_kb, dataset="digits", trials=trials,
+                       epochs=epochs, final_epochs=final_epochs if search_final_epochs is None else search_final_epochs,
+                       batch_size=batch_size, sampler=sampler,
+                       pruner="none", rho=list(rhos), top_k=1, seed=seed, quiet=True, out=out,
+                       study_name=study_name or f"{sampler}{'' if warm_start else '-nowarm'}-seed{seed}", device="cpu",
                        threads=threads, label_smoothing=label_smoothing, confirm=confirm, warm_start=warm_start)
     res = run_search(cfg, data=data)
     df = res["trials"]
@@ -139,12 +208,11 @@ def run_searcher(sampler: str, budget: Budget, data, trials: int, epochs: int, f
     w = res["winners"][0]
     row = df[df["number"] == w["trial"]].iloc[0]
     hp = {"lr": float(row["param_lr"]), "weight_decay": float(row["param_weight_decay"])}
-    tests = final_tests(NetSpec.from_string(w["spec"]), hp, data, final_epochs, batch_size, seed, retrains,
-                        label_smoothing)
-    over = (trained["mflops"] * 1e6 > budget.mflops * 1e6 + 0.5) | (trained["params_count"] > budget.params)
+    tester = tester or fp32_tester(final_epochs, batch_size, seed, retrains, label_smoothing)
+    tested = tester(NetSpec.from_string(w["spec"]), hp, data)
+    over = over_budget(budget, trained)
     return {"feasible": True, "spec": w["spec"], "best_val": w["val_acc"], "val_runs": w["val_evals"],
-            "test": statistics.mean(tests),
-            "test_retrains": tests, "hparams": hp, "test_search_retrain": w["test_acc"],
+            **tested, "hparams": hp, **({"test_search_retrain": w["test_acc"]} if cfg.final_epochs else {}),
             "over_budget_share": float(over.mean()), "mean_budget_use": float(trained["budget_share"].mean()),
             "fvcore_macs": w["macs"], "params": w["params"],
             "infeasible_samples": int((df["fail_reason"].fillna("").str.startswith("infeasible")).sum())}
@@ -163,6 +231,12 @@ def run_task(seed: int, method: str, args: argparse.Namespace, budget: Budget) -
                             args.confirm, warm_start=warm)
     return run_baseline(baselines(divisor=4)[method], budget, data, args.trials, args.epochs, args.final_epochs,
                         seed, args.batch_size, args.retrains, args.label_smoothing, args.confirm)
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of `a` minus mean of `b`, and its rough standard error (every value taken as independent)."""
+    return (statistics.mean(a) - statistics.mean(b),
+            math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)))
 
 
 def report(runs: dict[str, list[dict]], cfg: dict) -> dict:
@@ -190,11 +264,24 @@ def report(runs: dict[str, list[dict]], cfg: dict) -> dict:
         other = [x for r in rs if r["feasible"] for x in r["test_retrains"]]
         if name == "search (tpe)" or len(tpe) < 2 or len(other) < 2:
             continue
-        diff = statistics.mean(tpe) - statistics.mean(other)
-        se = math.sqrt(statistics.variance(tpe) / len(tpe) + statistics.variance(other) / len(other))
+        diff, se = difference(tpe, other)
         print(f"TPE minus {name}: {100 * diff:+.2f} test points, standard error {100 * se:.2f} "
               f"({len(tpe)} and {len(other)} retrains)")
     return summary
+
+
+def run_tasks(tasks: Sequence[tuple], fn: Callable[..., dict], jobs: int,
+              done: Callable[[tuple, dict], None]) -> None:
+    """fn(*task) for every task in `jobs` spawned processes (in this one when jobs = 1), `done(task, result)` as
+    each finishes. Every task is independent and seeded, so running them in parallel changes no figure."""
+    if jobs <= 1:
+        for task in tasks:
+            done(task, fn(*task))
+        return
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *task): task for task in tasks}
+        for fut in as_completed(futures):
+            done(futures[fut], fut.result())
 
 
 def main() -> None:
@@ -258,16 +345,15 @@ def main() -> None:
                                   "seconds": time.time() - t0}, args, args.seeds)
         return runs
 
-    # every (seed, method) is independent and seeded, so running them in parallel processes changes no figure
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_task, seed, m, args, budget): (seed, m) for seed, m in tasks}
-        for fut in as_completed(futures):
-            seed, m = futures[fut]
-            r = results[seed, m] = {"seed": seed, **fut.result()}
-            msg = "infeasible" if not r["feasible"] else \
-                f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
-            print(f"seed {seed} {m}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
-            save()
+    def done(task: tuple[int, str], r: dict) -> None:
+        seed, m = task
+        results[seed, m] = r = {"seed": seed, **r}
+        msg = "infeasible" if not r["feasible"] else \
+            f"val {100 * r['best_val']:.2f}% test {100 * r['test']:.2f}%  {r['spec']}"
+        print(f"seed {seed} {m}: {msg}  [{time.time() - t0:.0f}s]", flush=True)
+        save()
+
+    run_tasks(tasks, partial(run_task, args=args, budget=budget), args.jobs, done)
     runs = save()
     summary = report(runs, vars(args))
     write_results(args.json, {"config": vars(args), "summary": summary, "runs": runs, "missing": [],

@@ -16,8 +16,8 @@ from benchmarks._common import DEV_SEEDS, REPORT_SEEDS, resolve_seeds, seed_kind
 # benchmark -> the flag naming its JSON output (the scripts predate one common name)
 BENCHMARKS = {"search_quality": "--json", "make_run": "--json", "compression": "--json", "augment": "--json",
               "val_noise": "--json", "prune_steps": "--json", "count_speed": "--out", "train_throughput": "--out",
-              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out", "faults": "--out",
-              "sampler_efficiency": "--json"}
+              "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out",
+              "mcu_search": "--json", "sampler_efficiency": "--json"}
 
 
 def test_every_benchmark_script_is_smoke_tested():
@@ -39,7 +39,7 @@ BROKEN: dict[str, str] = {}
 def _quick_run(name: str, tmp: Path) -> tuple[str, subprocess.CompletedProcess, Path]:
     out = tmp / f"{name}.json"
     extra = {"search_quality": ["--out", str(tmp / "studies")], "make_run": ["--out", str(tmp / "mr")],
-             "compression": ["--out", str(tmp / "comp")]}.get(name, [])
+             "compression": ["--out", str(tmp / "comp")], "mcu_search": ["--out", str(tmp / "mcu")]}.get(name, [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", BENCHMARKS[name],
                            str(out), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -66,4 +66,8 @@ def test_every_benchmark_quick_run_writes_json_with_provenance(tmp_path):
         assert "shared_machine" in meta["machine"] and meta["machine"]["cpu_model"], name
         if (ROOT / ".git").exists():
             assert meta["commit"] and len(meta["commit"]) == 40, name
+        if name == "mcu_search":  # every pick ran in TFLM within the arena and flash budget
+            picks = [r for by_method in json.loads(out.read_text())["runs"].values() for rs in by_method.values()
+                     for r in rs if r["feasible"]]
+            assert picks and all(r["fits"] and r["tflm_runs"] for r in picks), picks
     assert not failed, failed
