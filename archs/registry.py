@@ -2,8 +2,9 @@
 
 A record holds everything about one kind: its `nn.Module`, its arguments (types, defaults, checks), how a stage of
 it resolves into concrete `Block`s (channels, shapes), how to build one, its exact analytic MACs and parameters,
-its search-space choices, and its name in the one-line string form. `spec`, `plan`, `builder`, `estimate` and
-`search.space` look kinds up here, so a kind is added in one place (see `archs/blocks/__init__.py`) and an
+its search-space choices, its operators in the int8 TFLite export (`tflite_graph`, for `archs.memory`), and its
+name in the one-line string form. `spec`, `plan`, `builder`, `estimate`, `memory` and `search.space` look kinds up
+here, so a kind is added in one place (see `archs/blocks/__init__.py`) and an
 unknown kind is a `SpecError` at every layer. Pure Python: the records live in the block modules.
 """
 from __future__ import annotations
@@ -95,7 +96,9 @@ class BlockKind:
     #   that exercise the cost model's corners; None = leave the argument out. Test strategies and
     #   benchmarks/specgen.py draw every registered kind's stages from these.
     token: str = ""                             # name in the one-line string form (default: `name`)
-    live_tensors: Callable[[Block], Any] | None = None  # memory hook for the microcontroller model (not yet used)
+    tflite_graph: Callable[[Any, Block, "NetSpec", int], int] | None = None  # (graph, block, spec, input tensor)
+    #   -> output tensor: adds the block's operators of the int8 TFLite export to an `archs.tflite_graph.Graph`
+    #   (what `archs.memory` places as TFLM does); None: the memory model does not know this kind
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

@@ -65,6 +65,17 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def _code_state() -> dict[str, Any]:
+    """The commit and tree state the run's code came from, taken once when the benchmark starts (a run can outlast
+    later commits to the same checkout: the JSON must name the code that ran, not the code at writing time)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(status) if status is not None else None}
+
+
+_START = _code_state()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -86,13 +97,11 @@ def machine(shared: bool) -> dict[str, Any]:
 
 
 def provenance(args: argparse.Namespace | None = None, seeds: Sequence[int] | None = None) -> dict[str, Any]:
-    """Command, date, commit (and whether the tree had uncommitted changes), machine and seed set of a run."""
+    """Command, date written, start time, commit at the start (and whether the tree had uncommitted changes), machine and seed set of a run."""
     from archs.errors import mask_secrets
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {"command": mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(status) if status is not None else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **_START,
             "machine": machine(bool(getattr(args, "shared_machine", False))),
             "seeds": list(seeds) if seeds is not None else None,
             "seed_set": seed_kind(seeds) if seeds is not None else None,

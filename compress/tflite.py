@@ -145,14 +145,25 @@ class _AlignedBuffer:
 
 
 def shorten_names(data: bytes) -> bytes:
-    """The same model with every tensor named by its index ("t12"): the converter's names (module paths, up to
-    hundreds of bytes each) are flash that no runtime reads. Weights stay 16-byte aligned."""
+    """The same model with every tensor named by its index ("t12") and without what no micro runtime reads: the
+    converter's names (module paths, up to hundreds of bytes each), its description, signature and metadata
+    (min_runtime_version, keep_stablehlo_constant; TFLM reads none of them). Weights stay 16-byte aligned."""
     import flatbuffers
 
     m = _load_model_t(data)
     for sg in m.subgraphs:
         for i, t in enumerate(sg.tensors):
             t.name = f"t{i}"
+    meta = {md.buffer for md in m.metadata or []}
+    used = {t.buffer for sg in m.subgraphs for t in sg.tensors}
+    if not meta & used and not m.metadataBuffer:
+        keep = [b for b in range(len(m.buffers)) if b not in meta]
+        new_index = {b: i for i, b in enumerate(keep)}
+        m.buffers = [m.buffers[b] for b in keep]
+        for sg in m.subgraphs:
+            for t in sg.tensors:
+                t.buffer = new_index[t.buffer]
+        m.metadata, m.signatureDefs, m.description = None, None, None
     for b in range(len(m.buffers)):
         buf = m.buffers[b]
         if buf.offset:  # data outside the flatbuffer (models > 2 GB): not ours to rewrite
@@ -180,7 +191,8 @@ def _full_integer_quantizer():
     shared = {aten.avg_pool2d.default, aten.constant_pad_nd.default, aten.pad.default, aten.slice.Tensor,
               aten.max_pool2d.default, aten.view.default, aten.reshape.default, aten.permute.default,
               aten.flatten.using_ints, aten.clone.default, aten.dropout.default, aten.squeeze.dim,
-              aten.unsqueeze.default, aten.transpose.int, aten.contiguous.default, aten._unsafe_view.default}
+              aten.unsqueeze.default, aten.transpose.int, aten.contiguous.default, aten._unsafe_view.default,
+              aten.alias.default}
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     act = config.input_activation
 
@@ -220,7 +232,24 @@ def _full_integer_quantizer():
                               if isinstance(x, torch.fx.Node) and is_float(x)}
                     n.meta["quantization_annotation"] = QuantizationAnnotation(
                         input_qspec_map=inputs, output_qspec=act, _annotated=True)
+            for n in model.graph.nodes:  # concatenations: one scale for all inputs and the output
+                if n.op == "call_function" and n.target == aten.cat.default and is_float(n):
+                    share_concat(n)
             return model
+
+    def share_concat(n) -> None:
+        """Inputs and output of a concatenation share one observer (TFLite's int8 CONCATENATION wants one scale):
+        otherwise the converter requantizes (an extra QUANTIZE op) any input that also feeds another op, and whether
+        it must depends on the calibration data (whose range is wider), which no memory model could predict."""
+        ins = [x for x in n.args[0] if isinstance(x, torch.fx.Node)]
+        if not ins or out_spec(ins[0]) is None:
+            return
+        root = SharedQuantizationSpec(ins[0])
+        for x in ins[1:]:
+            if len(x.users) == 1 and out_spec(x) is not None:  # the output feeds only the concatenation
+                x.meta["quantization_annotation"].output_qspec = root
+        n.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={x: root for x in ins}, output_qspec=root, _annotated=True)
 
     return FullInteger().set_global(config)
 
@@ -232,6 +261,19 @@ class _SiLU(nn.Module):
         return x * torch.sigmoid(x)
 
 
+class _HardSigmoid(nn.Module):
+    """relu6(x + 3) / 6 written out with tensor constants, so that the ADD (ReLU6 fused) and MUL the converter
+    makes are quantized (nn.Hardsigmoid is lowered after quantization, to float ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("three", torch.tensor(3.0))
+        self.register_buffer("sixth", torch.tensor(1 / 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu6(x + self.three) * self.sixth
+
+
 class _ChannelLast(nn.Module):
     """NHWC input for an NCHW model: the converter folds this permutation into its own layout change."""
 
@@ -241,9 +283,10 @@ class _ChannelLast(nn.Module):
 
         self.model = copy.deepcopy(model)
         for name, m in list(self.model.named_modules()):
-            if isinstance(m, nn.SiLU):
+            if isinstance(m, (nn.SiLU, nn.Hardsigmoid)):
                 parent, _, attr = name.rpartition(".")
-                setattr(self.model.get_submodule(parent) if parent else self.model, attr, _SiLU())
+                setattr(self.model.get_submodule(parent) if parent else self.model, attr,
+                        _SiLU() if isinstance(m, nn.SiLU) else _HardSigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.permute(0, 3, 1, 2))

@@ -124,7 +124,7 @@ class Objective:
         trial.set_user_attr("mflops", cost.macs / 1e6)
         trial.set_user_attr("params_count", cost.params)
         trial.set_user_attr("latency_ms", lat)
-        # int8 TFLM memory, kB = 1,024 bytes (None for block kinds archs.memory does not model yet)
+        # int8 TFLM memory, kB = 1,024 bytes (None for a block kind without a TFLite graph record)
         mem = memory(spec) if all(supported(k) for k in spec.block_types()) else None
         nan = float("nan")
         trial.set_user_attr("sram_kb", mem.arena_bytes / 1024 if mem else None)

@@ -144,7 +144,8 @@ class SearchConfig:
             missing = [b for b in self.space if not supported(b)]
             if missing:
                 raise UserError(f"--budget-sram-kb / --budget-flash-kb / sram and flash objectives: archs.memory does "
-                                f"not model block kind(s) {', '.join(missing)} yet; leave them out of --space")
+                                f"not model block kind(s) {', '.join(missing)} (no tflite_graph record); leave them "
+                                "out of --space")
         if not self.rho or any(not (isinstance(r, (int, float)) and 0 < r <= 8) for r in self.rho):
             raise UserError(f"--rho needs resolution multipliers in (0, 8], got {self.rho!r}")
         if self.study_name is not None and not _NAME_RE.match(self.study_name):

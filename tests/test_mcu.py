@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _specs() -> list[NetSpec]:
     """Every block type, stride 1 and 2, padded / ceil-mode pools, every head and the fusable and non-fusable
-    activations, in three small networks."""
+    activations, in four small networks."""
     return [
         NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4, act="relu", stem=StemSpec(8),
                 stages=[StageSpec("fire", 16, 2, 1, args={"bypass": True, "squeeze_ratio": 0.25}),
@@ -41,6 +41,11 @@ def _specs() -> list[NetSpec]:
                                                                                   args={"padding": 1}),
                         StageSpec("conv", 16, 1, 1, 3, {"groups": 2}), StageSpec("basic", 24, 1, 2, 3)],
                 head=HeadSpec("conv")).validate(),
+        NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4, act="silu", stem=StemSpec(8),
+                stages=[StageSpec("ghost", 16, 2, 2, 3, {"expand": 2, "se": 0.25, "ratio": 3}),
+                        StageSpec("mbv3", 24, 1, 1, 5, {"expand": 3, "se": 0.25, "act": "hardswish"}),
+                        StageSpec("mbv3", 24, 1, 1, 3, {"expand": 1, "act": "relu"})],
+                head=HeadSpec("pool", [16])).validate(),
     ]
 
 
@@ -49,12 +54,63 @@ def test_memory_is_bytes_with_a_per_operator_table_in_kb():
     for spec in _specs():
         m = memory(spec)
         assert all(isinstance(v, int) and v > 0 for v in (m.activation_bytes, m.overhead_bytes, m.flash_bytes))
-        assert m.arena_bytes == m.activation_bytes + m.overhead_bytes
+        assert m.arena_bytes == max(m.activation_bytes, m.planning_bytes) + m.overhead_bytes
         assert m.activation_bytes >= m.live_bound == max(x.live_bytes for x in m.layers)
         assert m.layers[m.peak].live_bytes == m.live_bound
         text = m.table()
         assert "<- peak" in text and "1 kB = 1,024 bytes" in text
         assert json.loads(json.dumps(m.to_dict()))["arena_bytes"] == m.arena_bytes
+
+
+# (spec, [(op, output bytes)]) of files compress.tflite.export_int8 wrote (tflite-micro schema read back)
+_RECORDED = [
+    ("c10_i1_r8_a1.0_p1.0_d4_hardswish | stem8k3s1 | ghost16k3s2(expand=2,se=0.25) | ghost16k3s1(expand=3,ratio=3) | "
+     "head:pool",
+     "DEPTHWISE_CONV_2D 512, HARD_SWISH 512, CONV_2D 512, HARD_SWISH 512, DEPTHWISE_CONV_2D 512, HARD_SWISH 512, "
+     "CONCATENATION 1024, PAD 1600, DEPTHWISE_CONV_2D 256, MEAN 16, CONV_2D 4, CONV_2D 16, RESHAPE 16, ADD 16, "
+     "MUL 16, RESHAPE 16, MUL 256, CONV_2D 128, DEPTHWISE_CONV_2D 128, CONCATENATION 256, PAD 800, "
+     "DEPTHWISE_CONV_2D 128, CONV_2D 256, ADD 256, CONV_2D 256, HARD_SWISH 256, DEPTHWISE_CONV_2D 512, HARD_SWISH 512, "
+     "CONCATENATION 768, CONV_2D 96, DEPTHWISE_CONV_2D 192, CONCATENATION 288, SLICE 256, ADD 256, MEAN 16, "
+     "FULLY_CONNECTED 10", 3136),
+    ("c10_i1_r8_a1.0_p1.0_d4_relu | stem8k3s1 | mbv3_16k3s2(act=hardswish,expand=2,se=0.25) | "
+     "mbv3_16k5s1(act=relu,expand=1,se=0.5) | head:flatten",
+     "DEPTHWISE_CONV_2D 512, CONV_2D 1024, HARD_SWISH 1024, PAD 1600, DEPTHWISE_CONV_2D 256, HARD_SWISH 256, MEAN 16, "
+     "CONV_2D 8, CONV_2D 16, RESHAPE 16, ADD 16, MUL 16, RESHAPE 16, MUL 256, CONV_2D 256, DEPTHWISE_CONV_2D 256, "
+     "MEAN 16, CONV_2D 8, CONV_2D 16, RESHAPE 16, ADD 16, MUL 16, RESHAPE 16, MUL 256, CONV_2D 256, ADD 256, "
+     "TRANSPOSE 256, RESHAPE 256, FULLY_CONNECTED 10", 2624),
+    # two padded max pools share one pad-value constant: the first gets a requantizing QUANTIZE at the start
+    ("c10_i1_r8_a2.0_p1.0_d4_relu | stem8k3s1 | maxpoolk3s2(padding=1) | conv16k3s1 | maxpoolk3s2(padding=1) | "
+     "head:flatten",
+     "QUANTIZE 1, DEPTHWISE_CONV_2D 1024, PADV2 1600, MAX_POOL_2D 256, CONV_2D 512, PADV2 1152, MAX_POOL_2D 128, "
+     "TRANSPOSE 128, RESHAPE 128, FULLY_CONNECTED 10", 2640),
+]
+
+
+@pytest.mark.parametrize("spec,ops,head", _RECORDED, ids=["ghost", "mbv3", "two-padded-max-pools"])
+def test_converted_graph_equals_the_exported_file(spec, ops, head):
+    """Ghost modules (concatenation, slice when ratio does not divide, depthwise shortcut after the main branch),
+    MobileNetV3 blocks (own activation, hard-sigmoid squeeze-excite as RESHAPE, ADD, MUL, RESHAPE) and the pad-value
+    requantization of padded max pools: the model's op list, tensor sizes and TFLM head equal what export_int8
+    produced and TFLM planned for these files."""
+    m = memory(NetSpec.from_string(spec))
+    assert ", ".join(f"{x.op} {x.out_bytes}" for x in m.layers) == ops
+    assert m.activation_bytes == head
+
+
+def test_reduce_ops_get_tflm_scratch_buffers_and_tiny_nets_planning_room():
+    """int8 MEAN / SUM ask TFLM for three scratch buffers (an int32 sum per output element, two index arrays) that
+    the planner places like tensors; a tiny network with many tensors needs more room while TFLM plans than its
+    activations (the arena then covers the planning room)."""
+    from archs.memory import _build
+
+    g = _build(_specs()[1])  # pooled head: one MEAN over 16 channels
+    assert [s for _, s in g.scratch] == [64, 16, 8]
+    tiny = NetSpec.from_string("c10_i1_r8_a0.5_p1.0_d4_relu | stem8k3s1 | ir16k3s2n3(expand=2,se=0.25) | "
+                               "ghost16k3s1n2(se=0.25) | head:pool")
+    m = memory(tiny)
+    assert m.planning_bytes > m.activation_bytes and m.arena_bytes == m.planning_bytes + m.overhead_bytes
+    # TFLM (tflite-micro, host build) accepted this network from a 22,976-byte arena: 1,312 bytes of activations
+    assert m.activation_bytes == 1312 and m.arena_bytes >= 22976
 
 
 def test_greedy_planner_follows_tflm_and_can_pack_worse_than_the_live_bound():
@@ -95,6 +151,14 @@ def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path):
     assert {"sram_kb", "arena_kb", "flash_kb"} <= set(t.columns)
     assert len(analysis.best_under(t, sram_kb=6, flash_kb=24)) == 1
     assert analysis.best_under(t, sram_kb=0.5).empty
+
+
+def test_mcu_budgets_accept_every_block_kind_in_the_space_and_fit_them():
+    from search.study import SearchConfig
+
+    SearchConfig(budget_sram_kb=64, budget_flash_kb=256, space=["ghost", "mbv3", "ir"]).validate()  # no refusal
+    space, shape = SearchSpace(blocks=("ghost", "mbv3")), DataShape(1, 8, 10)
+    check_feasible(space, shape, Budget(sram_kb=64, flash_kb=256))
 
 
 def test_impossible_mcu_budget_fails_at_once_naming_the_smallest_arena_and_flash():
@@ -208,7 +272,10 @@ def test_export_tflite_end_to_end_in_tflm(tiny_model, tmp_path, capsys):
     # the memory model: activation arena exact, tensor arena and flash never below TFLM / the file
     assert row["arena_head_bytes_est"] == row["arena_head_bytes"]
     assert row["arena_bytes"] == row["arena_head_bytes"] + row["arena_tail_bytes"]
-    assert row["arena_bytes"] <= row["arena_bytes_est"] <= 1.02 * row["arena_bytes"]
+    # this tiny network needs more room while TFLM plans than its final report (1,312 bytes of activations, many
+    # tensors): archs.memory's arena covers it, so the stage ran in it (no note) although it is above that report
+    assert row["arena_bytes"] <= row["arena_bytes_est"] and det["arena_note"] == ""
+    assert det["arena_size_run"] == row["arena_bytes_est"] and det["memory_model"]["planning_bytes"] > 1312
     assert row["flash_bytes"] <= row["flash_bytes_est"] <= 1.08 * row["flash_bytes"]
     h = (d / "model_data.h").read_text()
     assert f"kTensorArenaSize = {det['arena_size_run']}" in h and (d / "model_data.cc").is_file()
@@ -228,6 +295,8 @@ def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from memory_model import measure_tflm
 
+    from compress.tflite import tflm_allocation
+
     for spec in _specs():
         r = measure_tflm(spec, tmp_path)
         assert "error" not in r, r.get("error")
@@ -235,5 +304,8 @@ def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
         assert [x.op for x in m.layers] == [o[0] for o in r["ops"]], spec.to_string()
         a = r["alloc"]
         assert m.activation_bytes == a["head"], spec.to_string()
-        assert a["total"] <= m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
-        assert r["file_bytes"] <= m.flash_bytes <= 1.08 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
+        assert a["total"] <= m.arena_bytes, (spec.to_string(), a, m.arena_bytes)
+        if m.planning_bytes <= m.activation_bytes:  # else TFLM needs more than its report while it plans
+            assert m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
+        assert tflm_allocation(tmp_path / "m.tflite", m.arena_bytes) is not None, spec.to_string()
+        assert r["file_bytes"] <= m.flash_bytes <= 1.05 * r["file_bytes"], (spec.to_string(), r["file_bytes"])

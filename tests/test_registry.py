@@ -268,14 +268,20 @@ def test_no_import_cycles():
     assert _cycles(graph) == []
 
 
-def test_memory_model_refuses_kinds_it_does_not_cover():
-    """archs.memory (TFLM arena) covers the kinds it has rules for; a kind it lacks is a SpecError, never a KeyError."""
-    from archs.memory import BLOCK_GRAPH, memory
+def test_memory_model_covers_every_kind_and_refuses_one_without_a_graph(monkeypatch):
+    """archs.memory (TFLM arena) reads each kind's `tflite_graph` record: every catalog kind has one; a kind without
+    it is a SpecError naming it (never a KeyError), and `supported` says so."""
+    import dataclasses
 
-    missing = [k for k in names() if k not in BLOCK_GRAPH]
-    for kind in missing:
-        spec = _spec([StageSpec(kind, 16, 1, 2)])
-        with pytest.raises(SpecError, match=f"no TFLM graph for block kind '{kind}'"):
-            memory(spec)
+    from archs import registry
+    from archs.memory import BLOCK_GRAPH, memory, supported
+
+    assert list(BLOCK_GRAPH) == list(names()) and all(supported(k) for k in names())
+    spec = _spec([StageSpec("ghost", 16, 1, 2)])
+    memory(spec)
+    monkeypatch.setitem(registry._KINDS, "ghost", dataclasses.replace(get_kind("ghost"), tflite_graph=None))
+    assert not supported("ghost") and "ghost" not in BLOCK_GRAPH
+    with pytest.raises(SpecError, match="no TFLM graph for block kind 'ghost'"):
+        memory(spec)
     with pytest.raises(SpecError, match="unknown block 'nope'"):
         memory(_unvalidated())

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, register
+from ..tflite_graph import conv
 from .layers import ConvBNAct, make_act
 
 
@@ -58,10 +59,39 @@ def _cost(b, norm):
     return m, p
 
 
+def _tflite(g, b, spec, x):
+    k = b.kernel
+    identity = b.stride == 1 and b.in_ch == b.out_ch
+    sc = x
+    ho, wo = (b.h_in - 1) // b.stride + 1, (b.w_in - 1) // b.stride + 1
+    if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
+        sc = conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
+    elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
+        if b.stride > 1 and b.h_in > 1:  # x[:, :, ::s, ::s]: one slice per dimension that shrinks
+            g.small_const(("slice", b.stride, "h"), 48)
+            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * b.w_in)
+        if b.stride > 1 and b.w_in > 1:
+            g.small_const(("slice", b.stride, "w"), 48)
+            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * wo)
+        if b.out_ch > b.in_ch:
+            layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
+            g.small_const((layout, b.in_ch), 16)
+            g.small_const((layout, b.out_ch), 16)
+            g.small_const(("cpad", b.out_ch - b.in_ch), 32)
+            sc = g.op(layout, (sc,), b.in_ch * ho * wo)
+            sc = g.op("PAD", (sc,), b.out_ch * ho * wo)
+            sc = g.op(layout, (sc,), b.out_ch * ho * wo)
+    t, ho, wo = conv(g, x, b.in_ch, b.out_ch, k, b.stride, k // 2, b.h_in, b.w_in, 1, spec.act)
+    t = conv(g, t, b.out_ch, b.out_ch, k, 1, k // 2, ho, wo, 1, None)[0]
+    n = b.out_ch * ho * wo
+    t = g.op("ADD", (t, sc), n)
+    return g.activation(t, n, spec.act)
+
+
 KIND = register(BlockKind(
     "basic", BasicResidual, "two kxk conv + BN, identity or projected shortcut (ResNet)", _stage,
     make=lambda b, n, a: BasicResidual(b.in_ch, b.out_ch, b.stride, b.kernel, b.extra["shortcut"], norm=n, act=a),
-    cost=_cost,
+    cost=_cost, tflite_graph=_tflite,
     args={"shortcut": Arg(str, "B", lambda v, s: v in ("A", "B"), "must be 'A' (zero-pad) or 'B' (1x1 conv)")},
     examples={"shortcut": ("A", "B")},
 ))

@@ -5,6 +5,7 @@ import math
 
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, register
+from ..tflite_graph import conv
 from .layers import ConvBNAct
 
 
@@ -24,11 +25,16 @@ def _cost(b, norm):
     return b.out_ch * hw * (kk + mb), b.out_ch * (kk + pb)
 
 
+def _tflite(g, b, spec, x):
+    return conv(g, x, b.in_ch, b.out_ch, b.kernel, b.stride, b.extra["padding"], b.h_in, b.w_in, b.extra["groups"],
+                spec.act)[0]
+
+
 KIND = register(BlockKind(
     "conv", ConvBNAct, "Conv2d + BN + activation", _stage,
     make=lambda b, n, a: ConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, b.extra["padding"], b.extra["groups"],
                                    norm=n, act=a),
-    cost=_cost,
+    cost=_cost, tflite_graph=_tflite,
     args={"padding": Arg(int, None),
           "groups": Arg(int, 1, lambda v, s: v >= 1, "must be >= 1")},
     examples={"padding": lambda c, o, k: (None, None, *range(k + 1)),

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..registry import BlockKind, register
+from ..tflite_graph import conv
 from .layers import ConvBNAct
 
 
@@ -27,11 +28,16 @@ def _cost(b, norm):
     return cin * hw * (kk + mb) + cout * hw * (cin + mb), cin * (kk + pb) + cout * (cin + pb)
 
 
+def _tflite(g, b, spec, x):
+    t, ho, wo = conv(g, x, b.in_ch, b.in_ch, b.kernel, b.stride, b.kernel // 2, b.h_in, b.w_in, b.in_ch, spec.act)
+    return conv(g, t, b.in_ch, b.out_ch, 1, 1, 0, ho, wo, 1, spec.act)[0]
+
+
 KIND = register(BlockKind(
     "dws", DepthwiseSeparable, "depthwise kxk + pointwise 1x1, each with BN + activation (MobileNetV1)",
     lambda s, i, spec, c, out: (s.kernel, s.kernel // 2, {}, {} if s.repeats > 1 else None),
     make=lambda b, n, a: DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, norm=n, act=a),
-    cost=_cost, search=(), default_space=True,
+    cost=_cost, tflite_graph=_tflite, search=(), default_space=True,
     templates={"mobilenet-like": {"stem_channels": 16, "stages": [(32, "stride", {}), (64, "stride", {})],
                                   "head": "pool", "dropout": 0.0}},
 ))

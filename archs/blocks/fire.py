@@ -6,6 +6,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, Choice, register
+from ..tflite_graph import conv
 from .layers import ConvBNAct, check_positive
 
 
@@ -50,11 +51,22 @@ def _cost(b, norm):
     return m, sq * (cin + pb) + e1 * (sq + pb) + e3 * (9 * sq + pb)
 
 
+def _tflite(g, b, spec, x):
+    e = b.extra
+    sq = conv(g, x, b.in_ch, e["squeeze"], 1, 1, 0, b.h_in, b.w_in, 1, spec.act)[0]
+    a = conv(g, sq, e["squeeze"], e["e1"], 1, b.stride, 0, b.h_in, b.w_in, 1, spec.act)[0]
+    c, ho, wo = conv(g, sq, e["squeeze"], e["e3"], 3, b.stride, 1, b.h_in, b.w_in, 1, spec.act)
+    t = g.op("CONCATENATION", (a, c), b.out_ch * ho * wo)
+    if e["bypass"] and b.stride == 1 and b.in_ch == b.out_ch:
+        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
+    return t
+
+
 KIND = register(BlockKind(
     "fire", Fire, "squeeze 1x1, then expand 1x1 and 3x3 concatenated; optional bypass (SqueezeNet)", _stage,
     make=lambda b, n, a: Fire(b.in_ch, b.extra["squeeze"], b.extra["e1"], b.extra["e3"], b.stride,
                               b.extra["bypass"], norm=n, act=a),
-    cost=_cost,
+    cost=_cost, tflite_graph=_tflite,
     args={"squeeze_ratio": Arg((int, float), 0.125, lambda v, s: 0 < v <= 1, "must be in (0, 1]"),
           "pct3x3": Arg((int, float), 0.5, lambda v, s: 0 < v < 1, "must be in (0, 1)"),
           "bypass": Arg(bool, False)},

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..registry import Arg, BlockKind, Choice, register
 from ..shapes import make_divisible
+from ..tflite_graph import conv, squeeze_excite
 from .layers import ConvBNAct, SqueezeExcite, check_positive, se_cost
 
 
@@ -105,12 +106,45 @@ def _cost(b, norm):
     return m, p
 
 
+def _module_tflite(g, x: int, cin: int, cout: int, ratio: int, h: int, w: int, act: str | None) -> int:
+    """A Ghost module's converted graph: 1x1 primary conv, depthwise 3x3 cheap conv (depth multiplier ratio - 1),
+    CONCATENATION (one scale for its inputs and output, see compress.tflite: no requantizing QUANTIZE), and a
+    SLICE when ratio does not divide `cout`."""
+    init = ghost_primary(cout, ratio)
+    new = init * (ratio - 1)
+    p = conv(g, x, cin, init, 1, 1, 0, h, w, 1, act)[0]
+    c = conv(g, p, init, new, 3, 1, 1, h, w, init, act)[0]
+    t = g.op("CONCATENATION", (p, c), (init + new) * h * w)
+    if init + new > cout:
+        g.small_const(("slice_begin",), 16)
+        g.small_const(("slice_size", h, w, cout), 16)
+        t = g.op("SLICE", (t,), cout * h * w)
+    return t
+
+
+def _tflite(g, b, spec, x):
+    e, k = b.extra, b.kernel
+    hid, ratio = e["hidden"], e["ratio"]
+    t = _module_tflite(g, x, b.in_ch, hid, ratio, b.h_in, b.w_in, spec.act)
+    ho, wo = b.h_out, b.w_out
+    if b.stride > 1:
+        t = conv(g, t, hid, hid, k, b.stride, k // 2, b.h_in, b.w_in, hid, None)[0]
+    if e["se"]:
+        t = squeeze_excite(g, t, hid, e["se_ch"], ho * wo, "hardsigmoid")
+    t = _module_tflite(g, t, hid, b.out_ch, ratio, ho, wo, None)
+    sc = x
+    if b.in_ch != b.out_ch or b.stride != 1:  # after the main branch (forward order)
+        sc = conv(g, x, b.in_ch, b.in_ch, k, b.stride, k // 2, b.h_in, b.w_in, b.in_ch, None)[0]
+        sc = conv(g, sc, b.in_ch, b.out_ch, 1, 1, 0, ho, wo, 1, None)[0]
+    return g.op("ADD", (t, sc), b.out_ch * ho * wo)
+
+
 KIND = register(BlockKind(
     "ghost", GhostBottleneck, "Ghost module expand, [depthwise kxk if strided], [SE], Ghost module project; "
     "shortcut (GhostNet)", _stage,
     make=lambda b, n, a: GhostBottleneck(b.in_ch, b.extra["hidden"], b.out_ch, b.kernel, b.stride, b.extra["se"],
                                          b.extra["ratio"], norm=n, act=a),
-    cost=_cost,
+    cost=_cost, tflite_graph=_tflite,
     args={"expand": Arg((int, float), 3, lambda v, s: v >= 1, "must be >= 1"),
           "se": Arg((int, float), 0.0, lambda v, s: 0 <= v < 1, "must be in [0, 1)", "se (squeeze-excite ratio)"),
           "ratio": Arg(int, 2, lambda v, s: v >= 2, "must be >= 2", "ratio (Ghost module ratio)")},

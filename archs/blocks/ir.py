@@ -7,6 +7,7 @@ from torch import nn
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, Choice, register
 from ..shapes import ir_hidden, se_channels
+from ..tflite_graph import conv, squeeze_excite
 from .layers import ConvBNAct, SqueezeExcite, check_positive, se_cost
 
 
@@ -59,12 +60,29 @@ def inverted_residual_cost(b, norm: bool, expands: bool) -> tuple[int, int]:
     return m, p
 
 
+def inverted_residual_tflite(g, b, x: int, expands: bool, act: str | None, gate: str) -> int:
+    """[1x1 expand + act] -> depthwise kxk + act -> [squeeze-excite with `gate`] -> 1x1 project, + the input
+    when the shape allows (the ADD keeps it alive): MobileNetV2's and MobileNetV3's converted graphs alike."""
+    hid, k, e = b.extra["hidden"], b.kernel, b.extra
+    t = x
+    if expands:
+        t = conv(g, t, b.in_ch, hid, 1, 1, 0, b.h_in, b.w_in, 1, act)[0]
+    t, ho, wo = conv(g, t, hid, hid, k, b.stride, k // 2, b.h_in, b.w_in, hid, act)
+    if e["se"]:
+        t = squeeze_excite(g, t, hid, e["se_ch"], ho * wo, gate)
+    t = conv(g, t, hid, b.out_ch, 1, 1, 0, ho, wo, 1, None)[0]
+    if b.stride == 1 and b.in_ch == b.out_ch:
+        t = g.op("ADD", (t, x), b.out_ch * ho * wo)
+    return t
+
+
 KIND = register(BlockKind(
     "ir", InvertedResidual, "1x1 expand, depthwise kxk, [squeeze-excite], 1x1 linear project; residual (MobileNetV2)",
     _stage,
     make=lambda b, n, a: InvertedResidual(b.in_ch, b.out_ch, b.stride, b.extra["expand"], b.kernel, b.extra["se"],
                                           norm=n, act=a),
     cost=lambda b, norm: inverted_residual_cost(b, norm, b.extra["expand"] != 1),
+    tflite_graph=lambda g, b, spec, x: inverted_residual_tflite(g, b, x, b.extra["expand"] != 1, spec.act, "sigmoid"),
     args={"expand": Arg((int, float), 6, lambda v, s: v >= 1, "must be >= 1"),
           "se": Arg((int, float), 0.0, lambda v, s: 0 <= v < 1, "must be in [0, 1)", "se (squeeze-excite ratio)")},
     examples={"expand": (1, 2, 3, 4, 6, 2.5), "se": (0.0, 0.0, 0.125, 0.25, 0.5)},

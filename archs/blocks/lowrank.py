@@ -6,6 +6,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, Choice, register
+from ..tflite_graph import conv
 from .layers import check_positive, make_act
 
 
@@ -93,10 +94,17 @@ def _cost(b, norm):
     return r * b.h_out * b.w_in * cin * k + cout * hw * (r * k + mb), r * cin * k + cout * (r * k + pb)
 
 
+def _tflite(g, b, spec, x):
+    k, s, p, r = b.kernel, b.stride, b.kernel // 2, b.extra["rank"]
+    # k x 1 to `rank` channels (stride and padding on height; the converter adds a zero bias), then 1 x k + act
+    t, ho, w = conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, kw=1, sw=1, pw=0)
+    return conv(g, t, r, b.out_ch, 1, 1, 0, ho, w, 1, spec.act, kw=k, sw=s, pw=p)[0]
+
+
 KIND = register(BlockKind(
     "lowrank", LowRankConvBNAct, "kx1 conv to rank channels, then 1xk conv, + BN + activation", _stage,
     make=lambda b, n, a: LowRankConvBNAct(b.in_ch, b.out_ch, b.kernel, b.stride, b.extra["rank"], norm=n, act=a),
-    cost=_cost,
+    cost=_cost, tflite_graph=_tflite,
     args={"rank_ratio": Arg((int, float), 0.5, lambda v, s: 0 < v <= 1, "must be in (0, 1]")},
     examples={"rank_ratio": (0.1, 0.25, 0.5, 0.75, 1.0)},
     search=(Choice("rank_ratio", space_field="rank_ratio"),), default_space=True,

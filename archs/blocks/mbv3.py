@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import SpecError
 from ..registry import Arg, BlockKind, Choice, register
 from ..shapes import make_divisible
-from .ir import inverted_residual_cost
+from .ir import inverted_residual_cost, inverted_residual_tflite
 from .layers import _ACTS, ConvBNAct, SqueezeExcite, check_positive
 
 
@@ -66,6 +66,8 @@ KIND = register(BlockKind(
     make=lambda b, n, a: MBConv3(b.in_ch, b.extra["hidden"], b.out_ch, b.kernel, b.stride, b.extra["se"],
                                  b.extra["act"], norm=n),
     cost=lambda b, norm: inverted_residual_cost(b, norm, b.extra["hidden"] != b.in_ch),
+    tflite_graph=lambda g, b, spec, x: inverted_residual_tflite(g, b, x, b.extra["hidden"] != b.in_ch, b.extra["act"],
+                                                                "hardsigmoid"),
     args={"expand": Arg((int, float), 4, lambda v, s: v >= 1, "must be >= 1"),
           "se": Arg((int, float), 0.0, lambda v, s: 0 <= v < 1, "must be in [0, 1)", "se (squeeze-excite ratio)"),
           "act": Arg(str, "hardswish")},
