@@ -16,7 +16,7 @@ from training.data import Splits, TensorData
 from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
 from .confirm import CONFIRMS
-from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure
+from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure, trial_budget
 from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
 
@@ -84,17 +84,19 @@ class Objective:
                                  self.data.val.resized(size).to(self.device))
         return self._cache[size]
 
-    def fits(self, spec: NetSpec) -> bool:
+    def fits(self, spec: NetSpec, budget: Budget | None = None) -> bool:
         """Analytic budgets first (microseconds), then the measured CPU latency budget if any."""
-        if not analytic_fits(self.budget)(spec):
+        budget = budget or self.budget
+        if not analytic_fits(budget)(spec):
             return False
-        if self.budget.latency_ms is None:
+        if budget.latency_ms is None:
             return True
-        return latency(build(spec), repeats=20, max_seconds=1.0) <= latency_fit_target(self.budget.latency_ms)
+        return latency(build(spec), repeats=20, max_seconds=1.0) <= latency_fit_target(budget.latency_ms)
 
     def __call__(self, trial: optuna.Trial):
         spec, alpha_max, hp = sample_structure(trial, self.space, self.shape)
-        fitted = fit_alpha(spec, alpha_max, self.fits, self.space.alpha_min,
+        target = trial_budget(self.budget, trial.params)  # the budget, or its sampled share (--width share)
+        fitted = fit_alpha(spec, alpha_max, lambda s: self.fits(s, target), self.space.alpha_min,
                            steps=24 if self.budget.latency_ms is None else 8)
         if fitted is None:
             trial.set_user_attr("fail_reason", "infeasible: over budget even at the smallest width")

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of --trials spent re-training the 3 leading candidates with new seeds; candidates "
                         "are ranked by mean validation accuracy over their runs (0 = off; single objective only)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
+    g.add_argument("--screen", type=int, default=SearchConfig.screen,
+                   help="each new trial trains the best of this many random budget-fitted candidates by a zero-cost "
+                        "proxy (0 = off; benchmarks/sampler_efficiency.py measures it)")
+    g.add_argument("--screen-proxy", default=SearchConfig.screen_proxy,
+                   help="proxy the screen ranks by: params, macs, naswot, synflow, grad_norm; -NAME prefers low scores")
+    g.add_argument("--width", choices=["alpha", "share"], default=SearchConfig.width,
+                   help="what the sampler chooses for the width: alpha, an upper bound the budget fit shrinks "
+                        "(default), or share, the share of the budget (0.5-1) alpha is then fitted to")
     g.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                    help="Optuna pruner (single-objective only; Pareto searches use dominance early stopping)")
     g.add_argument("--objectives", type=_list, default=["accuracy"],
@@ -132,7 +140,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm, storage_timeout=args.storage_timeout)
+        confirm=args.confirm, storage_timeout=args.storage_timeout, width=args.width, screen=args.screen,
+        screen_proxy=args.screen_proxy)
 
 
 def summary_table(result: dict) -> str:

@@ -85,6 +85,9 @@ class Budget:
         return ", ".join(parts) or "no budget"
 
 
+WIDTHS = ("alpha", "share")
+
+
 @dataclass
 class SearchSpace:
     """What the sampler may choose. Defaults suit small images (8-32 px); every range is editable."""
@@ -102,6 +105,11 @@ class SearchSpace:
     rank_ratio: tuple[float, ...] = (0.25, 0.5, 0.75)
     alpha: tuple[float, float] = (0.25, 2.0)
     alpha_min: float = 0.05                     # bisection floor
+    # "alpha": alpha is sampled as an upper bound that the bisection shrinks (the default, as measured in the
+    # README); "share": the sampler chooses the share of the budget to fill instead, and alpha is fitted to it,
+    # so the value it models is the one that decided the network
+    width: str = "alpha"
+    budget_share: tuple[float, float] = (0.5, 1.0)
     rho: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0)
     dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
     downsample: tuple[str, ...] = ("none", "stride", "maxpool")  # how a stage may halve the feature map
@@ -117,6 +125,8 @@ class SearchSpace:
         if bad or not self.blocks:
             raise UserError(f"--space: unknown block type(s) {', '.join(bad) or '(none given)'}; "
                             f"choose from {', '.join(SEARCHABLE_BLOCKS)}")
+        if self.width not in WIDTHS:
+            raise UserError(f"--width must be {' or '.join(WIDTHS)}, got {self.width!r}")
         return self
 
 
@@ -175,7 +185,11 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
         if _stride_allowed(size, space.min_feature):
             stages.append(StageSpec("maxpool", kernel=3, stride=2, args={"padding": 1}))
     dropout = trial.suggest_categorical("dropout", list(space.dropout))
-    alpha = trial.suggest_float("alpha", space.alpha[0], space.alpha[1], log=True)
+    if space.width == "share":  # alpha is fitted to this share of the budget (see trial_budget)
+        trial.suggest_float("budget_share", space.budget_share[0], space.budget_share[1])
+        alpha = space.alpha[1]
+    else:
+        alpha = trial.suggest_float("alpha", space.alpha[0], space.alpha[1], log=True)
     hp: dict[str, Any] = {}
     if space.search_lr:
         hp["lr"] = trial.suggest_float("lr", space.lr[0], space.lr[1], log=True)
@@ -184,6 +198,16 @@ def sample_structure(trial: optuna.Trial, space: SearchSpace, shape: DataShape) 
                    alpha=1.0, divisor=space.divisor, stem=StemSpec(stem_ch, 3, stem_stride), stages=stages,
                    head=HeadSpec(head, dropout=dropout))
     return spec, alpha, hp
+
+
+def trial_budget(budget: Budget, params: dict[str, Any]) -> Budget:
+    """The budget a trial's alpha is fitted to: `budget`, or its sampled `budget_share` of it (--width share)."""
+    share = params.get("budget_share")
+    if share is None:
+        return budget
+    scale = lambda v: None if v is None else v * share  # noqa: E731
+    return Budget(scale(budget.mflops), scale(budget.params), scale(budget.latency_ms), scale(budget.sram_kb),
+                  scale(budget.flash_kb))
 
 
 def fit_alpha(spec: NetSpec, alpha_max: float, fits: Callable[[NetSpec], bool], alpha_min: float = 0.05,
@@ -232,7 +256,7 @@ def analytic_fits(budget: Budget) -> Callable[[NetSpec], bool]:
 def sample(trial: optuna.Trial, space: SearchSpace, shape: DataShape, budget: Budget) -> Candidate | None:
     """Sample a candidate and fit it to the MFLOPs/params budgets (latency is checked by the caller)."""
     spec, alpha, hp = sample_structure(trial, space, shape)
-    fitted = fit_alpha(spec, alpha, analytic_fits(budget), space.alpha_min)
+    fitted = fit_alpha(spec, alpha, analytic_fits(trial_budget(budget, trial.params)), space.alpha_min)
     if fitted is None:
         return None
     fitted = fitted.validate()
@@ -360,5 +384,6 @@ def warm_start_trials(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
             elif base in arg_choices:  # a block argument: one of the choices the space gives that block
                 ok &= value in arg_choices[base].options(space)
         if ok:
-            out.append((name, {**params, "rho": rho, "alpha": space.alpha[1], **hp}))
+            width = {"budget_share": space.budget_share[1]} if space.width == "share" else {"alpha": space.alpha[1]}
+            out.append((name, {**params, "rho": rho, **width, **hp}))
     return out

@@ -83,6 +83,9 @@ class SearchConfig:
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
     label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
     confirm: float = 0.2               # share of --trials re-training the leaders with new seeds (search.confirm)
+    width: str = "alpha"               # what the sampler chooses for the width (search.space.SearchSpace.width)
+    screen: int = 0                    # >0: each new trial trains the best of this many random candidates by a proxy
+    screen_proxy: str = "params"       # search.proxies.PROXIES; "-NAME" prefers low scores
     storage_timeout: float = DEFAULT_STORAGE_TIMEOUT_S  # s a database may stay unreachable before a worker gives up
 
     @property
@@ -119,6 +122,13 @@ class SearchConfig:
         ls = self.label_smoothing
         if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
             raise UserError(f"--label-smoothing must be in [0, 1), got {ls!r}")
+        if isinstance(self.screen, bool) or not isinstance(self.screen, int) or self.screen < 0:
+            raise UserError(f"--screen must be an integer >= 0 (candidates scored per trial), got {self.screen!r}")
+        from .proxies import PROXIES
+
+        if str(self.screen_proxy).lstrip("-") not in PROXIES:
+            raise UserError(f"--screen-proxy must be one of {', '.join(PROXIES)} (or -NAME: low scores first), "
+                            f"got {self.screen_proxy!r}")
         c = self.confirm
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 0.5:
             raise UserError(f"--confirm must be a share of --trials in [0, 0.5], got {c!r}")
@@ -129,7 +139,7 @@ class SearchConfig:
                 or (len(obj) == 2 and obj[1] == "accuracy"):
             raise UserError(f"--objectives must be 'accuracy' or 'accuracy,COST' with COST in mflops, params, "
                             f"latency, sram, flash; got {','.join(obj)!r}")
-        SearchSpace(blocks=tuple(self.space)).validate()
+        SearchSpace(blocks=tuple(self.space), width=self.width).validate()
         if self.budget.mcu or any(o in ("sram", "flash") for o in obj):
             missing = [b for b in self.space if not supported(b)]
             if missing:
@@ -211,7 +221,7 @@ def sampler_seed(cfg: SearchConfig, ordinal: int) -> int:
 #: --quiet, --storage-timeout, --data-dir, --download, --no-warm-start) may differ between workers and runs.
 STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "dataset", "image_size", "objectives",
                   "space", "max_stages", "rho", "epochs", "batch_size", "lr", "weight_decay", "augment",
-                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed")
+                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed", "width")
 SETTINGS_ATTR = "edgenas_settings"
 WORKERS_ATTR = "edgenas_workers"
 _FLAG = {"kd_temperature": "temperature"}
@@ -379,7 +389,7 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
         # tiny networks train many times faster on one thread per process than on several (measured in README)
         torch.set_num_threads(cfg.threads)
     data = data or load_data(cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.seed, image_size=cfg.image_size)
-    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho))
+    space = SearchSpace(blocks=tuple(cfg.space), max_stages=cfg.max_stages, rho=tuple(cfg.rho), width=cfg.width)
     if cfg.lr is not None or cfg.weight_decay is not None:
         space.search_lr = False
     shape = DataShape(data.in_chans, data.resolution, data.num_classes)
@@ -408,9 +418,9 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
     if cfg.n_workers > 1 and not joining:
         run_local_workers(study, cfg, d, lock, make_objective)
     else:
-        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg, register_worker(study, lock)), cfg.multi,
-                                     cfg.trials)
-        run_trials(study, make_objective(), cfg, d, lock=lock, worker=me)
+        seed = sampler_seed(cfg, register_worker(study, lock))
+        study.sampler = make_sampler(cfg.sampler, seed, cfg.multi, cfg.trials)
+        run_trials(study, make_objective(), cfg, d, lock=lock, worker=me, screen_seed=seed)
     if worker or joining:
         return {"study": cfg.study_name, "dir": str(d)}
     return finish_study(study, cfg, data, device, teacher, d, lock, me)
@@ -452,11 +462,27 @@ def finish_study(study: optuna.Study, cfg: SearchConfig, data: Splits, device: t
     return {"study": cfg.study_name, "dir": str(d), "trials": df, "winners": winners, "note": note}
 
 
+def make_screen(objective: Objective, cfg: SearchConfig, seed: int):
+    """--screen K: a `search.proxies.Screen` drawing candidates from the objective's space (seeded like the
+    sampler), scoring them on 64 fixed training images."""
+    from .proxies import Screen
+
+    idx = torch.randperm(len(objective.data.train.y), generator=torch.Generator().manual_seed(seed))[:64]
+
+    def batch(size: int):
+        train, _ = objective.split(size)
+        return train.x[idx.to(train.x.device)], train.y[idx.to(train.y.device)]
+
+    return Screen(objective.space, objective.shape, cfg.budget, cfg.screen, cfg.screen_proxy, batch, seed)
+
+
 def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: Path, lock: StudyLock | None = None,
-               worker: WorkerId | None = None):
+               worker: WorkerId | None = None, screen_seed: int | None = None):
     """Run trials until the study holds `cfg.trials` finished ones (or --timeout), rewriting trials.csv after each.
 
     Infeasible samples cost microseconds and are not counted; diverged (FAIL) trials are not counted either.
+    With --screen K, each new trial (not a warm-start design, a retry or a confirmation) is the best of K random
+    budget-fitted candidates by --screen-proxy (single objective only).
     """
     lock = lock or StudyLock(study._storage, storage_url(cfg), cfg.study_name)
     worker = worker or WorkerId.current()
@@ -475,8 +501,14 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
         if not cfg.quiet:
             tqdm.write(trial_line(t))
 
+    screen = make_screen(objective, cfg, cfg.seed if screen_seed is None else screen_seed) if cfg.screen else None
+
     def before_ask(trials: list[FrozenTrial], counted: int, running: int) -> None:
-        enqueue_confirmation(study, trials, counted, running, cfg.trials, cfg.confirm)
+        leader = enqueue_confirmation(study, trials, counted, running, cfg.trials, cfg.confirm)
+        if screen is not None and leader is None and not any(t.state == TrialState.WAITING for t in trials):
+            params = screen.propose()
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"screened": f"best of {cfg.screen} by {cfg.screen_proxy}"})
 
     loop = TrialLoop(study, objective, n_trials=cfg.trials, lock=lock, worker=worker, timeout=cfg.timeout,
                      after_trial=after_trial, log=(lambda s: None) if cfg.quiet else tqdm.write, catch=(TrialFailed,),
@@ -546,10 +578,10 @@ def run_local_workers(study: optuna.Study, cfg: SearchConfig, d: Path, lock: Stu
         # every worker was killed: finish the study in this process
         from dataclasses import replace as _replace
 
-        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg, register_worker(study, lock)), cfg.multi,
-                                     cfg.trials)
+        seed = sampler_seed(cfg, register_worker(study, lock))
+        study.sampler = make_sampler(cfg.sampler, seed, cfg.multi, cfg.trials)
         run_trials(study, make_objective(), _replace(cfg, timeout=remaining), d, lock=lock,
-                   worker=WorkerId.current(cfg.n_workers))
+                   worker=WorkerId.current(cfg.n_workers), screen_seed=seed)
 
 
 def _worker_process(cfg_dict: dict[str, Any], n_workers: int, parent_pid: int, index: int, results) -> None:

@@ -119,6 +119,10 @@ CASES: dict[str, Case] = {
     "n-workers-zero": Case(fixed("--budget-mflops", "1", "--n-workers", "0"), "--n-workers"),
     "timeout-zero": Case(fixed("--budget-mflops", "1", "--timeout", "0"), "--timeout"),
     "device-unknown": Case(fixed("--budget-mflops", "1", "--device", "tpu"), "device"),
+    "screen-proxy-unknown": Case(fixed("--budget-mflops", "1", "--screen", "5", "--screen-proxy", "zico"),
+                                 "--screen-proxy must be one of"),
+    "screen-negative": Case(fixed("--budget-mflops", "1", "--screen=-1"), "--screen must be an integer"),
+    "width-unknown": Case(fixed("--budget-mflops", "1", "--width", "beta"), "--width"),
     # data
     "folder-missing": Case(fixed("--budget-mflops", "1", "--dataset", "folder:/nonexistent/edgenas"),
                            "/nonexistent/edgenas"),
