@@ -67,12 +67,14 @@ def _tflite(g, b, spec, x):
     if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
         sc = conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
     elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
-        if b.stride > 1 and b.h_in > 1:  # x[:, :, ::s, ::s]: one slice per dimension that shrinks
-            g.small_const(("slice", b.stride, "h"), 48)
-            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * b.w_in)
-        if b.stride > 1 and b.w_in > 1:
-            g.small_const(("slice", b.stride, "w"), 48)
-            sc = g.op("STRIDED_SLICE", (sc,), b.in_ch * ho * wo)
+        # x[:, :, ::s, ::s]: one slice per dimension that shrinks; its begin, end and strides are three int32[4]
+        # constant tensors, the begin shared by every slice (the converter stores each value once)
+        for dim, shrinks, out in (("h", b.h_in > 1, b.in_ch * ho * b.w_in), ("w", b.w_in > 1, b.in_ch * ho * wo)):
+            if b.stride > 1 and shrinks:
+                g.small_const(("slice_begin",), 16)
+                g.small_const(("slice_end", b.stride, dim), 16)
+                g.small_const(("slice_strides", b.stride, dim), 16)
+                sc = g.op("STRIDED_SLICE", (sc,), out)
         if b.out_ch > b.in_ch:
             layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
             g.small_const((layout, b.in_ch), 16)
