@@ -219,9 +219,10 @@ def sampler_seed(cfg: SearchConfig, ordinal: int) -> int:
 #: (the data split, the trials' initial weights and the confirmation seeds follow --seed, so it is one of them).
 #: The others (--trials, --confirm, --timeout, --final-epochs, --top-k, --n-workers, --threads, --device, --out,
 #: --quiet, --storage-timeout, --data-dir, --download, --no-warm-start) may differ between workers and runs.
-STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "dataset", "image_size", "objectives",
-                  "space", "max_stages", "rho", "epochs", "batch_size", "lr", "weight_decay", "augment",
-                  "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature", "kd_alpha", "seed", "width")
+STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "budget_sram_kb", "budget_flash_kb",
+                  "dataset", "image_size", "objectives", "space", "max_stages", "rho", "epochs", "batch_size", "lr",
+                  "weight_decay", "augment", "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature",
+                  "kd_alpha", "seed", "width", "screen", "screen_proxy")
 SETTINGS_ATTR = "edgenas_settings"
 WORKERS_ATTR = "edgenas_workers"
 _FLAG = {"kd_temperature": "temperature"}

@@ -396,6 +396,18 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path):
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before  # nothing changed
 
 
+def test_every_budget_and_sampling_setting_defines_the_study():
+    """The rule (docs/reliability.md): budgets, data, space, objectives, training and sampling settings and --seed
+    define a study, so each SearchConfig budget and the sampler's width / screen settings are among them."""
+    from dataclasses import fields
+
+    from search.study import STUDY_SETTINGS, SearchConfig
+
+    budgets = {f.name for f in fields(SearchConfig) if f.name.startswith("budget_")}
+    assert budgets >= {"budget_sram_kb", "budget_flash_kb"}
+    assert budgets | {"width", "screen", "screen_proxy", "sampler", "seed"} <= set(STUDY_SETTINGS)
+
+
 def test_shared_storage_second_command_with_other_settings_is_refused(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     r = cli(*TINY, "--trials", "2", "--epochs", "1", "--storage", url, "--study-name", "s",
