@@ -81,12 +81,7 @@ def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def score_all(spec: NetSpec, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, float]:
     """Every proxy of `spec` at the initial weights of `seed` (as a trial seeded so would start), and the time."""
     t0 = time.perf_counter()
-    cost = estimate(spec)
-    out: dict[str, float] = {"params": float(cost.params), "macs": float(cost.macs)}
-    for name, fn in (("naswot", lambda m: naswot(m, x)), ("grad_norm", lambda m: grad_norm(m, x, y)),
-                     ("synflow", lambda m: synflow(m, x))):
-        torch.manual_seed(seed)
-        out[name] = fn(build(spec))
+    out = {name: score(spec, name, x, y, seed) for name in ("params", "macs", "naswot", "grad_norm", "synflow")}
     out["seconds"] = time.perf_counter() - t0
     return out
 
