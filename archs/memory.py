@@ -110,9 +110,6 @@ class Memory:
 # ----------------------------------------------------------------------------------------------------------------
 # The converted graph: each block kind's record gives its part (`BlockKind.tflite_graph`, archs/blocks/<kind>.py)
 # ----------------------------------------------------------------------------------------------------------------
-_Graph = Graph  # the name benchmarks/memory_model.py's fit used
-
-
 class _BlockGraphs(Mapping):
     """Block kind -> its converted-graph function (`BlockKind.tflite_graph`), read live from the registry."""
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from archs import build, estimate  # noqa: E402
-from archs.memory import BLOCK_GRAPH, memory  # noqa: E402
+from archs.memory import memory  # noqa: E402
 from benchmarks._common import add_common_args, write_results  # noqa: E402
 from specgen import random_specs  # noqa: E402
 
