@@ -18,8 +18,9 @@ places it as TensorFlow Lite Micro does. Pure Python over the resolved plan (`ar
   requantization (multiplier + shift) arrays, from a cost per item measured on the recording allocator of
   tflite-micro (see docs/mcu.md); `arena_bytes` = overhead + max(activations, planning room) = the
   `tensor_arena` a firmware reserves.
-- Flash: bytes of the .tflite file the export writes (int8 weights, int32 biases, per-channel scales and zero
-  points, flatbuffer tables), from per-item costs measured the same way, plus a margin so that it is never below.
+- Flash: bytes of the .tflite file the export writes, computed from its flatbuffer layout (`archs.flash`: every
+  table, vector, string and alignment pad of the tensors, operators and buffers of the graph above), plus a
+  16-byte margin for the converter's order of hoisted constants, so that it is never below.
 
 Bytes everywhere; `Memory.table()` prints kB (1 kB = 1,024 bytes).
 """
@@ -35,7 +36,8 @@ from .errors import SpecError
 from .plan import Block, resolve
 from .registry import kinds
 from .spec import NetSpec
-from .tflite_graph import ALIGN as _ALIGN, Graph, conv as _conv
+from .flash import file_bytes
+from .tflite_graph import ALIGN as _ALIGN, _BIASES, _SCALAR, Graph, conv as _conv, option_fields
 
 _REGISTRY = kinds()
 
@@ -137,13 +139,13 @@ def _head(g: Graph, spec: NetSpec, plan, x: int) -> int:
     if hd.kind == "conv":
         t = _conv(g, x, c, spec.num_classes, 1, 1, 0, h, w, 1, spec.act)[0]
         g.small_const(("axis",), 8)
-        return g.op("MEAN" if h * w > 1 else "SUM", (t,), spec.num_classes)
+        return g.op("MEAN" if h * w > 1 else "SUM", (t,), spec.num_classes, 2)
     if hd.kind == "pool":
         g.small_const(("axis",), 8)
-        t, n = g.op("MEAN" if h * w > 1 else "SUM", (x,), c), c
+        t, n = g.op("MEAN" if h * w > 1 else "SUM", (x,), c, 2), c
         if c == 1 and h * w > 1:  # one channel: the converter reshapes the pooled [1, 1] (seen for MEAN only)
             g.small_const(("shape", 1), 8)
-            t = g.op("RESHAPE", (t,), 1)
+            t = g.op("RESHAPE", (t,), 1, 2)
     else:
         n = c * h * w
         t = x
@@ -152,14 +154,14 @@ def _head(g: Graph, spec: NetSpec, plan, x: int) -> int:
                 g.small_const(("perm",), 16)
                 t = g.op("TRANSPOSE", (t,), n)
             g.small_const(("shape", n), 8)
-            t = g.op("RESHAPE", (t,), n)
+            t = g.op("RESHAPE", (t,), n, 2)
     fcs = [f for f in plan.head if f[0] == "fc"]
     if hd.kind == "flatten" and h * w == 1:
         g.opts["FC4D"] = 1  # the first FULLY_CONNECTED reads the 4-D map itself: its own runtime cost
     for i, (_, cin, cout) in enumerate(fcs):
         t = g.weighted("FULLY_CONNECTED", t, cout, cout, cin * cout)
         if i < len(fcs) - 1:
-            t = g.activation(t, cout, spec.act)
+            t = g.activation(t, cout, spec.act, 2)
     return t
 
 
@@ -196,11 +198,12 @@ def _requantize_pad_values(g: Graph) -> None:
         return
     extra = []
     for j in padv2[:-1]:
-        t = g.tensor(1)
+        t = g.tensor(1, rank=0)
         name, ins, out, block = g.ops[j]
-        g.ops[j] = (name, ins + (t,), out, block)
+        g.ops[j] = (name, ins + (t,), out, block)  # it replaces the constant pad value among the inputs
         extra.append(("QUANTIZE", (), t, "const"))
     g.ops[:0] = extra
+    g.op_files[:0] = [("QUANTIZE", 1, True, False, False)] * len(extra)
     g.scratch = [(i + len(extra), b) for i, b in g.scratch]
     g.counts["QUANTIZE"] = len(extra)
 
@@ -270,9 +273,8 @@ def memory(spec: NetSpec) -> Memory:
     live = list(accumulate(delta[:n_ops + 1]))
     bound = max(live)
     peak = live.index(bound, 1) - 1 if n_ops else 0
-    f = features(g)
-    return Memory(greedy_arena(bufs), _linear(f, TAIL_COST, TAIL_SCALE) + TAIL_PAD,
-                  _linear(f, FLASH_COST, FLASH_SCALE) + FLASH_PAD,
+    return Memory(greedy_arena(bufs), _linear(features(g), TAIL_COST, TAIL_SCALE) + TAIL_PAD,
+                  file_bytes(*_flash_description(g)) + FLASH_MARGIN,
                   peak, bound, planning_room(g), g.ops, g.size, live)
 
 
@@ -306,16 +308,16 @@ def _align16(n: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Runtime overhead and flash: per-item costs measured on tflite-micro's recording allocator and the export
+# Runtime overhead (per-item costs measured on tflite-micro's recording allocator) and flash (the file's layout)
 # ----------------------------------------------------------------------------------------------------------------
-#: operators whose count is a feature of the overhead and flash models
+#: operators whose count is a feature of the overhead model
 OPS = ("ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
        "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "QUANTIZE", "RESHAPE", "SLICE", "STRIDED_SLICE",
        "SUM", "TRANSPOSE", "SE", "FC4D", "FUSED", "SAME")
 
 
 def features(g: Graph) -> dict[str, float]:
-    """The counts the overhead (tail) and flash models are linear in."""
+    """The counts the overhead (tail) model is linear in."""
     n_act = len(g.size)
     counts = dict(g.counts)
     for k, v in g.opts.items():
@@ -324,19 +326,8 @@ def features(g: Graph) -> dict[str, float]:
     f.update({"one": 1.0, "tensors": float(n_act + g.n_const), "ops": float(len(g.ops)),
               "reduce": float(bool(counts.get("MEAN") or counts.get("SUM"))),
               "op_types": float(len(counts) - len(g.opts)),
-              "channel_arrays": float(g.pc + g.pc_fc),         # per-channel int32 arrays (bytes, 16-rounded)
-              "const_bytes": float(g.const_bytes),              # weights, biases, small arrays (16-rounded)
-              "quant_channels": float(2 * g.channels + n_act + counts.get("PADV2", 0)),  # scale + zero point each
-              "quant_tensors": float(n_act + g.n_const - len(g.small) + counts.get("PADV2", 0)),
-              "consts": float(g.n_const),
-              "name_bytes": float(_name_bytes(n_act + g.n_const))})
+              "channel_arrays": float(g.pc + g.pc_fc)})        # per-channel int32 arrays (bytes, 16-rounded)
     return f
-
-
-def _name_bytes(n: int) -> int:
-    """Flatbuffer bytes of the tensor names "t0" ... "t<n-1>" compress.tflite writes: a 4-byte length, the
-    characters and a NUL, padded to 4 bytes (8 bytes up to t99, 12 up to t9999, 16 beyond)."""
-    return 8 * min(n, 100) + 12 * max(0, min(n, 10000) - 100) + 16 * max(0, n - 10000)
 
 
 #: TFLM's tail in bytes = sum(cost * feature) x scale + pad. Fixed by TFLM's structs: 24 bytes per TfLiteEvalTensor,
@@ -355,24 +346,58 @@ TAIL_COST: dict[str, float] = {
 TAIL_SCALE = 1.00309
 #: bytes added after scaling: TFLM rounds allocations to 16 bytes, which the fit sees only on average
 TAIL_PAD = 16
-#: bytes of the .tflite file = sum(cost * feature) x scale + pad: constant data 1:1, 12 bytes (float scale + int64
-#: zero point) per quantization channel, the tensor names exactly; tables per tensor / op fitted like the tail.
-FLASH_COST: dict[str, float] = {
-    "const_bytes": 1, "quant_channels": 12, "name_bytes": 1, "ADD": 70.3, "AVERAGE_POOL_2D": 109.12,
-    "CONCATENATION": 62.71, "CONV_2D": -58.33, "DEPTHWISE_CONV_2D": -24.65, "FULLY_CONNECTED": -59.79,
-    "HARD_SWISH": 66.66, "LOGISTIC": -236.41, "MAX_POOL_2D": 78.66, "MEAN": -278.75, "MUL": 360.58, "PAD": 40.73,
-    "PADV2": 3.68, "RESHAPE": -265.35, "SLICE": 36.22, "STRIDED_SLICE": 142.47, "SUM": -257.95, "TRANSPOSE": 35.48,
-    "SE": 360.11, "FUSED": 24.49, "SAME": -2.72, "one": 495.13, "tensors": 211.18, "consts": -109.32,
-    "quant_tensors": 38.64, "ops": -174.62,
-}
-FLASH_SCALE = 1.01316
-#: bytes on top: the flatbuffer's alignment padding (up to 15 bytes per vector) is noise the per-item costs cannot
-#: follow; the largest under-estimate of a development network left out of the fit (5-fold cross-validation)
-FLASH_PAD = 79
+#: bytes added to the file's layout (archs.flash): the converter's order of the constants it hoists is not
+#: always the model's (`tflite_graph.CONST_GROUPS`), which moves a few alignment pads and, through the file's
+#: final 16-byte alignment, the total by 16 bytes either way on some networks; the largest under-estimate on the
+#: development networks (docs/mcu.md)
+FLASH_MARGIN = 16
 
 
 def _linear(f: dict[str, float], cost: dict[str, float], scale: float) -> int:
     get = f.get
     return math.ceil(sum([c * get(k, 0.0) for k, c in cost.items()]) * scale)
+
+
+#: operators whose code the converter writes with version 1 (the field's default, left out of the file)
+_VERSION_1 = frozenset(("HARD_SWISH", "RESHAPE"))
+
+
+def _flash_description(g: Graph) -> tuple[list, list, list, list]:
+    """(codes, tensors, ops, data) of the .tflite file of graph `g`, as `archs.flash.file_bytes` takes them:
+    operator codes in order of first use, tensors in the converter's order (see `Graph.files`)."""
+    index: dict[str, int] = {}
+    codes, ops = [], []
+    for name, n_in, valid, keep, fused in g.op_files:
+        i = index.get(name)
+        if i is None:
+            i = index[name] = len(codes)
+            codes.append((name != "ADD", name not in _VERSION_1, name != "ADD"))
+        ops.append((i, n_in, 1, option_fields(name, valid, keep, fused)))
+    files, biases = g.files, g.biases[::-1]
+    consts = sorted(g.consts, key=_group)
+    cut = next((i for i, c in enumerate(consts) if c[0] > _BIASES), len(consts))
+    scalar = False
+    tail = []
+    for group, t in consts[cut:]:
+        if group == _SCALAR:  # int8 scalars quantized by themselves: the same byte, kept once
+            t, scalar = (t if not scalar else t[:3] + (0,)), True
+        tail.append(t)
+    tensors = files[:1] + [c[1] for c in consts[:cut]] + [b for b in biases if b[3] > 0] + _zero_biases(biases) \
+        + tail + files[1:]
+    return codes, [t[:3] for t in tensors], ops, [0] + [t[3] for t in tensors]
+
+
+def _group(c: tuple) -> int:
+    return c[0]
+
+
+def _zero_biases(biases: list) -> list:
+    """The converter's all-zero biases, after the others: equal ones share the data of the first in the file."""
+    seen, out = set(), []
+    for r, ch, q, n in biases:
+        if n <= 0:
+            out.append((r, ch, q, 0 if ch in seen else 4 * ch))
+            seen.add(ch)
+    return out
 
 

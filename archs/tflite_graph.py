@@ -8,7 +8,8 @@ to place the tensors as TensorFlow Lite Micro does. Pure Python, no torch.
 """
 from __future__ import annotations
 
-__all__ = ["Graph", "ALIGN", "same_pad", "pad", "conv", "squeeze_excite", "hard_sigmoid_gate", "align"]
+__all__ = ["Graph", "ALIGN", "same_pad", "pad", "conv", "squeeze_excite", "hard_sigmoid_gate", "align",
+           "option_fields"]
 
 ALIGN = 16  # TFLM rounds every tensor (and the file its weights) to 16 bytes
 #: reference kernels that ask TFLM for a scratch buffer in the planned arena, live while the op runs
@@ -22,18 +23,17 @@ def align(n: int) -> int:
 
 class Graph:
     """Tensors (bytes) and operators (name, input tensor ids, output tensor id, block label) of the converted
-    graph, plus the counts the overhead and flash models need."""
+    graph, plus the counts the overhead model needs and what the file's layout needs (archs.flash)."""
 
-    __slots__ = ("size", "ops", "block", "n_const", "const_bytes", "channels", "small", "opts", "act", "pc",
-                 "pc_fc", "counts", "scratch", "max_channels")
+    __slots__ = ("size", "ops", "block", "n_const", "small", "opts", "act", "pc",
+                 "pc_fc", "counts", "scratch", "max_channels", "files", "consts", "biases", "op_files", "_same",
+                 "_pending")
 
     def __init__(self, act: str):
         self.size: list[int] = []
         self.ops: list[tuple[str, tuple[int, ...], int, str]] = []
         self.block = ""
         self.n_const = 0        # constant tensors (weights, biases, pad / axis / shape / perm arrays)
-        self.const_bytes = 0    # their data bytes (each rounded up to 16)
-        self.channels = 0       # per-channel quantized output channels (conv, depthwise, fully connected)
         self.small: set = set()  # distinct small constant arrays (the converter stores each value once)
         self.opts: dict[str, int] = {}  # features that are not op counts (SE, FC4D, FUSED, SAME) -> count
         self.act = act
@@ -42,15 +42,39 @@ class Graph:
         self.counts: dict[str, int] = {}  # operator name -> how many
         self.scratch: list[tuple[int, int]] = []  # (op number, bytes): kernel scratch buffers TFLM plans too
         self.max_channels = 0    # the most output channels of one weighted op (per-channel quantization)
+        # the .tflite file's tensors (archs.flash), each (rank, quantization channels, quantized_dimension != 0,
+        # data bytes): `files` the input, then the activations in op order, each conv's weights before its output
+        # (and before the PAD it reads); the converter puts the other constants between the input and the rest
+        # (archs.memory orders them): `consts` as (group, tensor), `biases` in op order (data -1: all-zero)
+        self.files: list[tuple[int, int, int, int]] = []
+        self.consts: list[tuple[int, tuple[int, int, int, int]]] = []
+        self.biases: list[tuple[int, int, int, int]] = []
+        self._pending: list[int] = []  # small constants (bytes) whose op comes next
+        # per op: (name, inputs in the file, VALID padding, keep dims, fused activation): see option_fields
+        self.op_files: list[tuple[str, int, bool, bool, bool]] = []
+        self._same = False  # the next op keeps TensorFlow's SAME padding (its padding field at the default)
 
-    def tensor(self, nbytes: int) -> int:
+    def tensor(self, nbytes: int, rank: int = 4) -> int:
+        """A non-constant tensor no op of the graph writes (the input; a requantized constant)."""
         self.size.append(nbytes)
+        self.files.append((rank, 1, 0, 0))
         return len(self.size) - 1
 
-    def op(self, name: str, inputs: tuple[int, ...], out_bytes: int) -> int:
+    def op(self, name: str, inputs: tuple[int, ...], out_bytes: int, rank: int = 4, consts: int | None = None) -> int:
+        """Operator `name` reading tensors `inputs` (and `consts` constant tensors: by default what the converter
+        gives that op) and writing a new tensor of `out_bytes` bytes and shape rank `rank` (a MEAN / SUM of rank
+        4 keeps its dims)."""
         self.size.append(out_bytes)
         t = len(self.size) - 1
         self.ops.append((name, inputs, t, self.block))
+        self.files.append((rank, 1, 0, 0))
+        n_in = len(inputs) + (_CONST_INPUTS.get(name, 0) if consts is None else consts)
+        if name in _ONE_CONST and len(inputs) == 1:  # ADD / MUL with a constant operand
+            n_in += 1
+        self.op_files.append((name, n_in, not self._same, rank == 4, False))
+        self._same = False
+        if self._pending:
+            self._place_consts(name)
         c = self.counts
         c[name] = c.get(name, 0) + 1
         if name in _SCRATCH_OPS:  # int8 MEAN / SUM ask for an int32 sum per output element and two index
@@ -61,42 +85,106 @@ class Graph:
     def opt(self, name: str) -> None:
         """Count a feature that is not an operator (a non-default option field, a special form of an op)."""
         self.opts[name] = self.opts.get(name, 0) + 1
-
-    def const(self, nbytes: int) -> None:
-        self.n_const += 1
-        self.const_bytes += -(-nbytes // ALIGN) * ALIGN
+        if name == "SAME":  # the next op pads as TensorFlow's SAME: its padding field keeps the default
+            self._same = True
 
     def small_const(self, key: tuple, nbytes: int) -> None:
-        """A small constant array (pads, axes, shapes, scalars): the converter stores each value once."""
+        """A small constant array (pads, axes, shapes, scalars): the converter stores each value once. 32 bytes
+        is a [4, 2] int32 pad array, 8 or 16 a 1-D int32 array, 1 an int8 scalar (quantized by itself, hence
+        always the same byte: the converter keeps the data of the first one only)."""
         if key not in self.small:
             self.small.add(key)
-            self.const(nbytes)
+            self.n_const += 1
+            self._pending.append(nbytes)
 
-    def weighted(self, name: str, x: int, out_bytes: int, out_ch: int, weight_bytes: int, bias: bool = True) -> int:
-        """A conv / depthwise / fully-connected op with int8 weights (per-channel) and an int32 bias."""
+    def _place_consts(self, name: str) -> None:
+        """The small constants read by op `name`, in the converter's groups (see `CONST_GROUPS`)."""
+        for nbytes in self._pending:
+            if nbytes == 1:
+                self.consts.append((_PAD_VALUE if name == "PADV2" else _SCALAR, (0, 1, 0, 1)))
+            elif nbytes == 32:
+                self.consts.append((_PADV2_PADS if name == "PADV2" else _PADS, (2, 0, 0, 32)))
+            else:
+                group = _AXES if nbytes == 8 else _SLICES if name in ("SLICE", "STRIDED_SLICE") else _SHAPES
+                self.consts.append((group, (1, 0, 0, nbytes)))
+        self._pending.clear()
+
+    def weighted(self, name: str, x: int, out_bytes: int, out_ch: int, weight_bytes: int, bias: bool = True,
+                 zero_bias: bool = False) -> int:
+        """A conv / depthwise / fully-connected op with int8 weights (per-channel) and an int32 bias; `zero_bias`:
+        the converter's all-zero bias of a conv without one (stored once per channel count)."""
         arr = -(-4 * out_ch // ALIGN) * ALIGN  # one int32 per channel, rounded to 16 bytes
         self.n_const += 2 if bias else 1
-        self.const_bytes += -(-weight_bytes // ALIGN) * ALIGN + (arr if bias else 0)
-        self.channels += out_ch
         if out_ch > self.max_channels:
             self.max_channels = out_ch
+        if bias:  # a zero bias's data as -1: the file keeps one per channel count (archs.memory)
+            self.biases.append((1, out_ch, 0, -1 if zero_bias else 4 * out_ch))
         if name == "FULLY_CONNECTED":
             self.pc_fc += arr
+            self.consts.append((_FC_WEIGHTS, (2, out_ch, 0, weight_bytes)))
         else:
             self.pc += arr
-        return self.op(name, (x,), out_bytes)
+            w = (4, out_ch, name == "DEPTHWISE_CONV_2D", weight_bytes)
+            ops, files = self.ops, self.files
+            if ops and ops[-1][0] == "PAD" and ops[-1][2] == x:  # the weights come before the PAD's output
+                files.insert(len(files) - 1, w)
+            else:
+                files.append(w)
+        return self.op(name, (x,), out_bytes, 2 if name == "FULLY_CONNECTED" else 4, 1 + bias)
 
-    def activation(self, x: int, nbytes: int, act: str | None) -> int:
+    def activation(self, x: int, nbytes: int, act: str | None, rank: int = 4) -> int:
         """The activation after an op: fused for ReLU / ReLU6 (nothing to add), its own op(s) otherwise."""
         if act is None:
             return x
         if act in ("relu", "relu6"):
             self.opt("FUSED")  # a non-default option field in the flatbuffer
+            self._fuse(x)
             return x
         if act == "hardswish":
-            return self.op("HARD_SWISH", (x,), nbytes)
-        gate = self.op("LOGISTIC", (x,), nbytes)  # silu = x * sigmoid(x)
-        return self.op("MUL", (x, gate), nbytes)
+            return self.op("HARD_SWISH", (x,), nbytes, rank)
+        gate = self.op("LOGISTIC", (x,), nbytes, rank)  # silu = x * sigmoid(x)
+        return self.op("MUL", (x, gate), nbytes, rank)
+
+    def _fuse(self, x: int) -> None:
+        """The op that wrote `x` gets a fused activation: its option field for it is no longer the default."""
+        if self.ops and self.ops[-1][2] == x:
+            self.op_files[-1] = self.op_files[-1][:4] + (True,)
+
+
+#: where the converter puts the constants it does not keep beside their op (between the input and the first
+#: op's tensors), by group in this order: shapes / permutations (16 bytes), PAD arrays, SLICE arrays, axes (8
+#: bytes), PADV2 arrays, biases (last op first; all-zero ones after the others), PADV2 pad values,
+#: fully-connected weights, other int8 scalars. Seen on development networks; the order inside a group,
+#: and the groups of biases, are not always the file's (a few bytes of padding: see docs/mcu.md)
+_SHAPES, _PADS, _SLICES, _AXES, _PADV2_PADS, _BIASES, _PAD_VALUE, _FC_WEIGHTS, _SCALAR = range(9)
+CONST_GROUPS = ("shapes", "pads", "slices", "axes", "padv2_pads", "biases", "pad_values", "fc_weights", "scalars")
+
+#: constant inputs the converter gives an op besides its activations (weighted ops: weights and bias)
+_CONST_INPUTS = {"PAD": 1, "PADV2": 2, "MEAN": 1, "SUM": 1, "RESHAPE": 1, "TRANSPOSE": 1, "SLICE": 2,
+                 "STRIDED_SLICE": 3}
+_ONE_CONST = frozenset(("ADD", "MUL"))
+_OPTION_FIELDS: dict = {}
+
+
+def option_fields(name: str, valid: bool = True, keep_dims: bool = False, fused: bool = False) -> tuple | None:
+    """The (slot, bytes) of the non-default fields of op `name`'s options table as the converter writes it
+    (archs.flash), or None when it writes none: VALID padding, strides, filter, depth multiplier, a fused
+    activation, keep_dims, a concatenation's axis. `valid`: padding VALID rather than SAME (the default)."""
+    key = (name, valid, keep_dims, fused)
+    f = _OPTION_FIELDS.get(key, False)
+    if f is False:
+        pad = ((0, 1),) if valid else ()
+        f = {"CONV_2D": pad + ((1, 4), (2, 4)) + ((3, 1),) * fused,
+             "DEPTHWISE_CONV_2D": pad + ((1, 4), (2, 4), (3, 4)) + ((4, 1),) * fused,
+             "FULLY_CONNECTED": ((0, 1),) * fused + ((2, 1),),
+             "ADD": ((0, 1),) * fused, "MUL": ((0, 1),) * fused,
+             "MAX_POOL_2D": pad + ((1, 4), (2, 4), (3, 4), (4, 4)) + ((5, 1),) * fused,
+             "AVERAGE_POOL_2D": pad + ((1, 4), (2, 4), (3, 4), (4, 4)) + ((5, 1),) * fused,
+             "MEAN": ((0, 1),) * keep_dims, "SUM": ((0, 1),) * keep_dims,
+             "CONCATENATION": ((0, 4),) + ((1, 1),) * fused,
+             "PAD": (), "PADV2": (), "STRIDED_SLICE": (), "QUANTIZE": ()}.get(name)
+        _OPTION_FIELDS[key] = f
+    return f
 
 
 def same_pad(n: int, k: int, s: int) -> tuple[int, int]:
@@ -119,8 +207,9 @@ def pad(g: Graph, x: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, sw:
 
 def conv(g: Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int, w: int, groups: int,
          act: str | None, bias: bool = True, kw: int | None = None, sw: int | None = None,
-         pw: int | None = None) -> tuple[int, int, int]:
-    """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out)."""
+         pw: int | None = None, zero_bias: bool = False) -> tuple[int, int, int]:
+    """PAD? + CONV_2D / DEPTHWISE_CONV_2D + activation; returns (tensor, h_out, w_out). `zero_bias`: a PyTorch conv
+    without bias and without a norm after it, to which the converter gives an all-zero bias."""
     if kw is None:
         kw, sw, pw = k, s, p
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * pw - kw) // sw + 1
@@ -131,9 +220,9 @@ def conv(g: Graph, x: int, cin: int, cout: int, k: int, s: int, p: int, h: int, 
         x = padded
     out = cout * ho * wo
     if groups == cin and (groups > 1 or cin == 1) and cout % cin == 0:
-        t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias)
+        t = g.weighted("DEPTHWISE_CONV_2D", x, out, cout, cout * k * kw, bias, zero_bias)
     else:
-        t = g.weighted("CONV_2D", x, out, cout, cout * k * kw * (cin // groups), bias)
+        t = g.weighted("CONV_2D", x, out, cout, cout * k * kw * (cin // groups), bias, zero_bias)
     return g.activation(t, out, act), ho, wo
 
 
@@ -147,6 +236,7 @@ def hard_sigmoid_gate(g: Graph, m: int, ch: int) -> int:
     m = g.op("RESHAPE", (m,), ch)
     m = g.op("ADD", (m,), ch)
     g.opt("FUSED")
+    g._fuse(m)
     m = g.op("MUL", (m,), ch)
     return g.op("RESHAPE", (m,), ch)
 

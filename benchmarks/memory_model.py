@@ -83,10 +83,9 @@ def measure_tflm(spec, work: Path) -> dict:
             "tflm_s": t2 - t1, "ops": g.ops, "tensors": g.tensors, "inputs": g.inputs, "outputs": g.outputs}
 
 
-#: fixed per-item costs (TFLM struct sizes, flatbuffer data) and the features whose costs are fitted
-_FIXED = {"tail": {"tensors": 24, "ops": 64, "channel_arrays": 2, "QUANTIZE": 48},
-          "flash": {"const_bytes": 1, "quant_channels": 12, "name_bytes": 1}}
-_FREE = {"tail": ("one", "reduce", "op_types"), "flash": ("one", "tensors", "consts", "quant_tensors", "ops")}
+#: fixed per-item costs of the tail (TFLM struct sizes) and the features whose costs are fitted
+_FIXED = {"tensors": 24, "ops": 64, "channel_arrays": 2, "QUANTIZE": 48}
+_FREE = ("one", "reduce", "op_types")
 
 
 def graph_matches(r: dict) -> bool:
@@ -111,42 +110,37 @@ def _lstsq(x, y, total, fixed_part):
     return coef, 1.0 + max(0.0, float(((total - pred) / pred).max())) + 1e-4
 
 
-def fit(records: list[dict], flash_records: list[dict] | None = None, folds: int = 5) -> dict:
-    """Least-squares costs of the overhead (tail) and flash models on measured records, the scale that makes
-    every fitted figure at least the measured one, and a margin in bytes from `folds`-fold cross-validation (the
-    largest under-estimate of a network left out of the fit, after its folds' own scale; the flatbuffer's
-    alignment padding is bytes, not a share): what archs/memory.py's TAIL_COST / TAIL_SCALE / FLASH_COST /
-    FLASH_SCALE / FLASH_PAD hold. Records whose measured graph differs from the model's are left out (counted)."""
+def fit(records: list[dict], folds: int = 5) -> dict:
+    """Least-squares costs of the overhead (tail) model on measured records, the scale that makes every fitted
+    figure at least the measured one, and the largest under-estimate in bytes under `folds`-fold cross-validation
+    (a network left out of the fit, after its folds' own scale): what archs/memory.py's TAIL_COST / TAIL_SCALE
+    hold. Records whose measured graph differs from the model's are left out (counted). (Flash is not fitted: it
+    is the file's layout, archs.flash.)"""
     import numpy as np
 
     from archs.memory import OPS, _build, features
     from archs.spec import NetSpec
 
-    out = {}
-    for which, target in (("tail", lambda r: r["alloc"]["tail"]), ("flash", lambda r: r["file_bytes"])):
-        recs = records if which == "tail" or flash_records is None else flash_records
-        kept = [r for r in recs if graph_matches(r)]
-        rows = [(r, features(_build(NetSpec.from_string(r["spec"])))) for r in kept]
-        names = list(OPS) + list(_FREE[which])
-        fixed = _FIXED[which]
-        x = np.array([[f[k] for k in names] for _, f in rows])
-        y = np.array([target(r) - sum(c * f[k] for k, c in fixed.items()) for r, f in rows], float)
-        total = np.array([target(r) for r, _ in rows], float)
-        fixed_part = total - y
-        coef, scale = _lstsq(x, y, total, fixed_part)
-        rel = (fixed_part + x @ coef) * scale / total - 1
-        cv = np.zeros(len(rows))  # bytes over the measured figure of each network when it was left out of the fit
-        fold = np.arange(len(rows)) % folds
-        for k in range(folds):
-            tr, te = fold != k, fold == k
-            c, sc = _lstsq(x[tr], y[tr], total[tr], fixed_part[tr])
-            cv[te] = (fixed_part[te] + x[te] @ c) * sc - total[te]
-        cost = {**fixed, **{k: float(c) for k, c in zip(names, coef) if c}}
-        out[which] = {"cost": cost, "scale": round(scale, 5), "n": len(rows), "left_out": len(recs) - len(kept),
-                      "max_rel_over": float(rel.max()), "min_rel_over": float(rel.min()),
-                      "cv_max_rel_over": float((cv / total).max()), "cv_min_rel_over": float((cv / total).min()),
-                      "cv_max_under_bytes": float(max(0.0, -cv.min())),
-                      "pad_bytes": int(np.ceil(max(0.0, -cv.min())))}
+    kept = [r for r in records if graph_matches(r)]
+    rows = [(r, features(_build(NetSpec.from_string(r["spec"])))) for r in kept]
+    names = list(OPS) + list(_FREE)
+    x = np.array([[f[k] for k in names] for _, f in rows])
+    total = np.array([r["alloc"]["tail"] for r, _ in rows], float)
+    y = np.array([r["alloc"]["tail"] - sum(c * f[k] for k, c in _FIXED.items()) for r, f in rows], float)
+    fixed_part = total - y
+    coef, scale = _lstsq(x, y, total, fixed_part)
+    rel = (fixed_part + x @ coef) * scale / total - 1
+    cv = np.zeros(len(rows))  # bytes over the measured figure of each network when it was left out of the fit
+    fold = np.arange(len(rows)) % folds
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        c, sc = _lstsq(x[tr], y[tr], total[tr], fixed_part[tr])
+        cv[te] = (fixed_part[te] + x[te] @ c) * sc - total[te]
+    cost = {**_FIXED, **{k: float(c) for k, c in zip(names, coef) if c}}
+    out = {"tail": {"cost": cost, "scale": round(scale, 5), "n": len(rows), "left_out": len(records) - len(kept),
+                    "max_rel_over": float(rel.max()), "min_rel_over": float(rel.min()),
+                    "cv_max_rel_over": float((cv / total).max()), "cv_min_rel_over": float((cv / total).min()),
+                    "cv_max_under_bytes": float(max(0.0, -cv.min()))}}
     return out
 
 
@@ -178,10 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "memory_model.json"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--fit", nargs="+", metavar="CACHE", default=None,
-                    help="instead: fit the overhead and flash costs of archs.memory on these caches (other specs "
+                    help="instead: fit the overhead (tail) costs of archs.memory on these caches (other specs "
                          "than the benchmark's) and print them")
-    ap.add_argument("--fit-flash", nargs="+", metavar="CACHE", default=None,
-                    help="with --fit: fit the flash costs on these caches instead")
     ap.add_argument("--cached-only", action="store_true",
                     help="compare only the specs already measured in --cache (say how many), export none")
     ap.add_argument("--measure-only", action="store_true",
@@ -198,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             recs = [r for r in recs if "error" not in r and "total" in r.get("alloc", {})]
             return list({r["spec"]: r for r in recs}.values())
 
-        print(json.dumps(fit(read(args.fit), read(args.fit_flash) if args.fit_flash else None), indent=1))
+        print(json.dumps(fit(read(args.fit)), indent=1))
         return 0
     if args.quick:  # three specs of a development seed, measured afresh (not from or into the cache): the code
         # paths run; never the held-out benchmark seed 0

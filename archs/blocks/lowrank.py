@@ -97,7 +97,7 @@ def _cost(b, norm):
 def _tflite(g, b, spec, x):
     k, s, p, r = b.kernel, b.stride, b.kernel // 2, b.extra["rank"]
     # k x 1 to `rank` channels (stride and padding on height; the converter adds a zero bias), then 1 x k + act
-    t, ho, w = conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, kw=1, sw=1, pw=0)
+    t, ho, w = conv(g, x, b.in_ch, r, k, s, p, b.h_in, b.w_in, 1, None, kw=1, sw=1, pw=0, zero_bias=True)
     return conv(g, t, r, b.out_ch, 1, 1, 0, ho, w, 1, spec.act, kw=k, sw=s, pw=p)[0]
 
 
