@@ -11,14 +11,19 @@ converted graph it models (`archs.tflite_graph.Graph`). Pure Python.
 
 Description: `codes` the operator codes as (deprecated_builtin_code != 0, version != 1, builtin_code != 0);
 `tensors` in file order as (rank, quantization channels, quantized_dimension != 0): channels 0 is an empty
-quantization table (int32 shapes, pads, axes), every tensor has a buffer (one per tensor after the empty buffer 0;
-a constant whose data equals an earlier one's points to that buffer and leaves its own empty), a type, a name "t<index>" and has_rank; `ops` as (opcode index, inputs, outputs, option fields or None), the option fields being
+quantization table (int32 shapes, pads, axes); every tensor has a type, a name "t<index>", has_rank and a buffer
+(one per tensor after the empty buffer 0; a constant whose data equals an earlier one's points to that buffer and
+leaves its own empty); `ops` as (opcode index, inputs, outputs, option fields or None), the option fields being
 the (slot, bytes) of the options table's non-default scalars in the order its Pack adds them; `data` the data
-bytes of every buffer, the empty buffer 0 first.
+bytes of every buffer, the empty buffer 0 first. For speed the tensors after the first op's can come as a `Run`
+(sums kept while the graph is built) and the operators as `Ops` (their kinds): `file_bytes` then sums them in
+closed form, with the same result.
 """
 from __future__ import annotations
 
-__all__ = ["file_bytes", "describe", "option_fields", "Layout"]
+from bisect import bisect_left
+
+__all__ = ["file_bytes", "describe", "option_fields", "op_tables", "Layout", "Run", "Ops"]
 
 # (slot, bytes) of the fixed tables, in the order their Pack adds the fields
 _TENSOR = ((0, 4), (1, 1), (2, 4), (3, 4), (4, 4), (8, 1))   # shape, type, buffer, name, quantization, has_rank
@@ -31,6 +36,8 @@ _SUBGRAPH_NAME = 4                                              # "main"
 
 
 _SHAPES: dict = {}  # (fields, offset % 4) -> (table bytes, vtable key, vtable bytes)
+_OP_TABLES: dict = {}  # (opcode index != 0, option fields) -> op_tables
+_CODES: dict = {}  # operator codes -> (bytes, vtables) of the file's start: the codes' tables and their vector
 
 
 def _table_shape(fields: tuple, mis: int) -> tuple[int, tuple, int]:
@@ -65,6 +72,7 @@ class Layout:
     def vector(self, elem: int, n: int, align: int = 4) -> None:
         """A vector of n elements of `elem` bytes (data aligned to `align`) and its uint32 length."""
         nb = elem * n
+        align = max(align, 4)  # the uint32 length before the data
         if align > self.minalign:
             self.minalign = align
         self.off += (-(self.off + nb)) % align + nb + 4
@@ -87,21 +95,214 @@ class Layout:
         return self.off
 
 
+def op_tables(code: bool, fields: tuple | None) -> tuple:
+    """(options table, op table at offset 0 mod 4, at 2 mod 4) shapes (`_table_shape`) of an operator whose opcode
+    index is not 0 (`code`) with these option fields (None: no options table)."""
+    key = (code, fields)
+    known = _OP_TABLES.get(key)
+    if known is None:
+        op = ((0, 4),) * code + ((1, 4), (2, 4)) + ((3, 1), (4, 4)) * (fields is not None)
+        known = _OP_TABLES[key] = (None if fields is None else _table_shape(fields, 0), _table_shape(op, 0),
+                                   None, _table_shape(op, 2))
+    return known
+
+
+class Ops:
+    """Operators as `file_bytes` can sum them: `kinds` one hashable kind per op in order, `info` each kind's
+    `op_tables`, `inputs` the inputs of all ops (each has one output)."""
+
+    __slots__ = ("kinds", "info", "inputs")
+
+    def __init__(self, kinds: list, info: dict, inputs: int):
+        self.kinds, self.info, self.inputs = kinds, info, inputs
+
+
+class Run:
+    """Tensors at the end of the tensor list (activations and conv weights in op order: every tensor quantized,
+    the weights' data their buffers' only data) summed as they are added, so that `file_bytes` need not walk them:
+    in steady state (every vtable already written) their bytes are sums of ranks and channels plus two kinds of
+    alignment pad, which follow from each tensor and the one before it:
+    - the int64 zero points are 8-aligned: 4 bytes of pad or none, by the parity of rank + channels + the words of
+      the name's table entry + (1 when the tensor before has quantized_dimension 0): `pads` holds the positions
+      of the tensors that get one while names take two words ("t0" ... "t99"; beyond, the others get one);
+    - a weight's data is 16-aligned; the buffer table before it ends at 12 mod 16 after a data vector, and each
+      empty buffer since adds 4: `data` sums the data bytes and these pads (the first weight's pad counted from
+      12 mod 16 as well; `file_bytes` corrects it from the real offset)."""
+
+    __slots__ = ("n", "ranks", "channels", "dw", "pads", "first_dw", "n_data", "data", "empties", "first", "last_q",
+                 "prev_q")
+
+    def __init__(self):
+        self.n = 0            # tensors
+        self.ranks = 0        # their ranks, summed
+        self.channels = 0     # their quantization channels, summed
+        self.dw = 0           # tensors with quantized_dimension != 0 (depthwise weights)
+        self.pads: list[int] = []  # positions of the tensors with a zero-point pad (two-word names)
+        self.first_dw = -1    # position of the first tensor with quantized_dimension != 0
+        self.n_data = 0       # tensors with data
+        self.data = 0         # their data bytes and data pads
+        self.empties = 0      # empty buffers since the last data (or the start)
+        self.first: tuple[int, int, int] | None = None  # the first data: (empty buffers before, bytes, pad counted)
+        self.last_q = 0       # quantized_dimension != 0 of the last tensor
+        self.prev_q = 0       # ... of the one before it
+
+    def add(self, rank: int, ch: int, qdim: int = 0, nbytes: int = 0) -> None:
+        """A quantized tensor (`ch` >= 1 channels) with `nbytes` of data (0: an activation) after the others."""
+        n = self.n
+        if not (rank + ch + self.last_q) & 1:  # offset before the zero points = 4 (1 - last_q + rank + ch) mod 8
+            self.pads.append(n)
+        self.n = n + 1
+        self.ranks += rank
+        self.channels += ch
+        self.prev_q, self.last_q = self.last_q, qdim
+        if qdim:
+            self.dw += 1
+            if self.first_dw < 0:
+                self.first_dw = n
+        if nbytes:
+            pad = (-(12 + 4 * self.empties + nbytes)) & 15
+            if self.first is None:
+                self.first = (self.empties, nbytes, pad)
+            self.data += nbytes + pad
+            self.n_data += 1
+            self.empties = 0
+        else:
+            self.empties += 1
+
+    def add_before_last(self, rank: int, ch: int, qdim: int, nbytes: int, last_rank: int) -> None:
+        """A weight put before the last tensor (an activation of rank `last_rank`: the PAD output its op reads)."""
+        n = self.n - 1
+        if self.pads and self.pads[-1] == n:
+            self.pads.pop()
+        self.n = n
+        self.ranks -= last_rank
+        self.channels -= 1
+        self.empties -= 1
+        self.last_q = self.prev_q
+        self.add(rank, ch, qdim, nbytes)
+        self.add(last_rank, 1)
+
+
+def _ops_loop(ops: list, off: int, vt: set) -> int:
+    """The operators' vectors and tables one by one (an op's tables are summed once their vtables exist)."""
+    steady: dict = {}  # (code != 0, id(fields)) -> bytes of the tables of an op once their vtables exist
+    for code, n_in, n_out, fields in ops:
+        kind = (code != 0, id(fields))
+        known = steady.get(kind)
+        if known is not None and not off & 3:
+            off += known + 4 * (n_in + n_out) + 8
+            continue
+        start = off = off + (-off & 3) + 4 * (n_in + n_out) + 8
+        new = False
+        if fields is not None:
+            size, key, v = _table_shape(fields, 0)
+            off += size
+            if key not in vt:
+                vt.add(key)
+                off += v
+                new = True
+        size, key, v = _table_shape(((0, 4),) * kind[0] + ((1, 4), (2, 4)) + ((3, 1), (4, 4)) * (fields is not None),
+                                    off & 3)
+        off += size
+        if key not in vt:
+            vt.add(key)
+            off += v
+            new = True
+        if not new:
+            steady[kind] = off - start
+    return off
+
+
+def _ops_bytes(ops: Ops, mis: int, vt: set) -> int:
+    """Bytes of the operators' vectors and tables from an offset of `mis` modulo 4: every op's inputs and output
+    vectors, and its tables walked only while they write vtables or start unaligned (a kind in steady state costs
+    the same every time)."""
+    info, steady = ops.info, {}
+    tables = 0
+    for k in ops.kinds:
+        if not mis:
+            known = steady.get(k)
+            if known is not None:
+                tables += known
+                continue
+        shapes = info[k]
+        at = 0  # offset after the op's vectors, modulo 4 (they realign it)
+        new = False
+        if shapes[0] is not None:
+            size, key, v = shapes[0]
+            at += size
+            if key not in vt:
+                vt.add(key)
+                at += v
+                new = True
+        size, key, v = shapes[1 + (at & 3)]
+        at += size
+        if key not in vt:
+            vt.add(key)
+            at += v
+            new = True
+        tables += (-mis & 3) + at
+        if not new and not mis:
+            steady[k] = at
+        mis = at & 3
+    return 4 * (ops.inputs + len(ops.kinds)) + 8 * len(ops.kinds) + tables
+
+
+def _run_tensors(run: Run, start: int, off: int, vt: set, steady: tuple) -> int:
+    """Bytes of `run`'s tensors from tensor index `start` at offset `off` (4-aligned), vtables in `vt`."""
+    n, pads = run.n, run.pads
+    k = min(n, max(0, 100 - start))  # names "t0" ... "t99" take two words, the later ones three: pads swap
+    a = bisect_left(pads, k)
+    count = a + (n - k) - (len(pads) - a)
+    flips = [0] if not off & 4 else []  # the run's first pad was counted after a tensor ending at 4 mod 8
+    extra = 0
+    if run.first_dw >= 0:  # the first depthwise weight writes the vtable of a quantization with a dimension,
+        q = _table_shape(_QUANT_DIM, 0)  # which can leave its tensor table and the next shape unaligned
+        if q[1] not in vt:
+            vt.add(q[1])
+            mis = q[2] & 3
+            t = _table_shape(_TENSOR, mis)
+            extra = q[2] + t[0] - steady[0]
+            end = mis + t[0]
+            if t[1] not in vt:
+                vt.add(t[1])
+                extra += t[2]
+                end += t[2]
+            extra += -end & 3
+            if extra & 4:  # the offset moved by 4 mod 8: the next tensor's zero-point pad swaps
+                flips.append(run.first_dw + 1)
+    for p in flips:
+        i = bisect_left(pads, p)
+        has = i < len(pads) and pads[i] == p
+        count += (-1 if has else 1) if p < k else (1 if has else -1)
+    return 4 * run.ranks + 12 * run.channels + 52 * n + 4 * run.dw + 8 * k + 12 * (n - k) + 4 * count + extra
+
+
 def _name_len(i: int) -> int:
     return 2 if i < 10 else 3 if i < 100 else 4 if i < 1000 else 5 if i < 10000 else len(str(i)) + 1
 
 
-def file_bytes(codes: list, tensors: list, ops: list, data: list, n_inputs: int = 1, n_outputs: int = 1) -> int:
-    """Bytes of the flatbuffer `ModelT.Pack` writes for the described model (see the module docstring).
+def file_bytes(codes: list, tensors: list, ops: list, data: list, run: Run | None = None, n_inputs: int = 1,
+               n_outputs: int = 1) -> int | None:
+    """Bytes of the flatbuffer `ModelT.Pack` writes for the described model (see the module docstring); `run`:
+    more tensors after `tensors` (and their buffers after `data`), summed in closed form (None when they do not
+    start in steady state: then describe them in `tensors`).
 
     The tables and vectors of tensors, operators and buffers are laid out inline (the same arithmetic as
     `Layout`, which does the rest): 4-byte aligned vectors and strings need no pad but after a vtable of 4k + 2
     bytes, a zero-point vector (int64) is 8-aligned, a buffer's data 16-aligned."""
     lay = Layout()
     table, vector, string = lay.table, lay.vector, lay.string
-    for dep, ver, code in codes:
-        table(((0, 1),) * dep + ((2, 4),) * ver + ((3, 4),) * code)
-    vector(4, len(codes))
+    key = tuple(codes)
+    known = _CODES.get(key)
+    if known is None:
+        for dep, ver, code in codes:
+            table(((0, 1),) * dep + ((2, 4),) * ver + ((3, 4),) * code)
+        vector(4, len(codes))
+        if len(_CODES) < 4096:
+            _CODES[key] = (lay.off, frozenset(lay.vtables))
+    else:
+        lay.off, lay.vtables = known[0], set(known[1])
     vt = lay.vtables
     off = lay.off
     quant, quant_dim, empty = _table_shape(_QUANT, 0), _table_shape(_QUANT_DIM, 0), _table_shape((), 0)
@@ -124,27 +325,19 @@ def file_bytes(codes: list, tensors: list, ops: list, data: list, n_inputs: int 
         if key not in vt:
             vt.add(key)
             off += v
+    n_tensors = len(tensors)
+    if run is not None and run.n:
+        if off & 3 or n_tensors + run.n >= 1000000 or tensor[0][1] not in vt or quant[1] not in vt:
+            return None
+        off += _run_tensors(run, n_tensors, off, vt, tensor[0])
+        n_tensors += run.n
     # the tensors, inputs and outputs vectors
-    off += (-off & 3) + 4 * len(tensors) + 4 * n_inputs + 4 * n_outputs + 12
-    op_tables = {}
-    for code, n_in, n_out, fields in ops:
-        off += (-off & 3) + 4 * (n_in + n_out) + 8
-        if fields is not None:
-            size, key, v = _table_shape(fields, 0)
-            off += size
-            if key not in vt:
-                vt.add(key)
-                off += v
-        kind = (code != 0, fields is not None, off & 3)
-        shape = op_tables.get(kind)
-        if shape is None:
-            shape = op_tables[kind] = _table_shape(((0, 4),) * kind[0] + ((1, 4), (2, 4))
-                                                   + ((3, 1), (4, 4)) * kind[1], kind[2])
-        size, key, v = shape
-        off += size
-        if key not in vt:
-            vt.add(key)
-            off += v
+    off += (-off & 3) + 4 * n_tensors + 4 * n_inputs + 4 * n_outputs + 12
+    if isinstance(ops, Ops):
+        off += _ops_bytes(ops, off & 3, vt)
+        ops = ops.kinds
+    else:
+        off = _ops_loop(ops, off, vt)
     lay.off = off
     vector(4, len(ops))
     string(_SUBGRAPH_NAME)
@@ -163,12 +356,21 @@ def file_bytes(codes: list, tensors: list, ops: list, data: list, n_inputs: int 
         if key not in vt:
             vt.add(key)
             off += v
+    n_data = len(data)
+    if run is not None and run.n:
+        if off & 3 or buffer[1] not in vt or empties[0][1] not in vt:
+            return None
+        if run.first is not None:
+            e, n, pad = run.first
+            off += run.data - pad + (-(off + 4 * e + n) & 15)
+        off += 12 * run.n_data + 4 * (run.n - run.n_data)
+        n_data += run.n
     lay.off = off
-    if any(data):
+    if any(data) or run is not None and run.n_data:
         lay.minalign = 16
     elif tensors:
         lay.minalign = 8
-    vector(4, len(data))
+    vector(4, n_data)
     table(_MODEL)
     return lay.finish()
 

@@ -36,8 +36,8 @@ from .errors import SpecError
 from .plan import Block, resolve
 from .registry import kinds
 from .spec import NetSpec
-from .flash import file_bytes
-from .tflite_graph import ALIGN as _ALIGN, _BIASES, _SCALAR, Graph, conv as _conv, option_fields
+from .flash import Ops, file_bytes, op_tables
+from .tflite_graph import ALIGN as _ALIGN, _BIASES, _OPTION_FIELDS, _SCALAR, Graph, conv as _conv, option_fields
 
 _REGISTRY = kinds()
 
@@ -203,7 +203,9 @@ def _requantize_pad_values(g: Graph) -> None:
         g.ops[j] = (name, ins + (t,), out, block)  # it replaces the constant pad value among the inputs
         extra.append(("QUANTIZE", (), t, "const"))
     g.ops[:0] = extra
-    g.op_files[:0] = [("QUANTIZE", 1, True, False, False)] * len(extra)
+    option_fields("QUANTIZE")
+    g.op_keys[:0] = [("QUANTIZE", True, False, False)] * len(extra)
+    g.op_inputs[:0] = [1] * len(extra)
     g.scratch = [(i + len(extra), b) for i, b in g.scratch]
     g.counts["QUANTIZE"] = len(extra)
 
@@ -274,7 +276,7 @@ def memory(spec: NetSpec) -> Memory:
     bound = max(live)
     peak = live.index(bound, 1) - 1 if n_ops else 0
     return Memory(greedy_arena(bufs), _linear(features(g), TAIL_COST, TAIL_SCALE) + TAIL_PAD,
-                  file_bytes(*_flash_description(g)) + FLASH_MARGIN,
+                  flash_bytes(g) + FLASH_MARGIN,
                   peak, bound, planning_room(g), g.ops, g.size, live)
 
 
@@ -362,17 +364,27 @@ def _linear(f: dict[str, float], cost: dict[str, float], scale: float) -> int:
 _VERSION_1 = frozenset(("HARD_SWISH", "RESHAPE"))
 
 
-def _flash_description(g: Graph) -> tuple[list, list, list, list]:
+def flash_bytes(g: Graph) -> int:
+    """Bytes of the .tflite file of graph `g` (`archs.flash.file_bytes`; the activations and conv weights summed
+    as the graph was built, `Graph.run`)."""
+    codes, head, ops, data = _flash_description(g, False)
+    n = file_bytes(codes, head, ops, data, g.run)
+    return n if n is not None else file_bytes(*_flash_description(g))  # (not seen: the run starts unaligned)
+
+
+def _flash_description(g: Graph, body: bool = True) -> tuple[list, list, list, list]:
     """(codes, tensors, ops, data) of the .tflite file of graph `g`, as `archs.flash.file_bytes` takes them:
-    operator codes in order of first use, tensors in the converter's order (see `Graph.files`)."""
-    index: dict[str, int] = {}
-    codes, ops = [], []
-    for name, n_in, valid, keep, fused in g.op_files:
-        i = index.get(name)
-        if i is None:
-            i = index[name] = len(codes)
-            codes.append((name != "ADD", name not in _VERSION_1, name != "ADD"))
-        ops.append((i, n_in, 1, option_fields(name, valid, keep, fused)))
+    operator codes in order of first use, tensors in the converter's order (see `Graph.files`); without `body`,
+    the tensors up to the first op's (the rest is `g.run`) and the ops as an `archs.flash.Ops`."""
+    keys = g.op_keys
+    kinds = dict.fromkeys(keys)
+    names = list(dict.fromkeys([k[0] for k in kinds]))
+    codes = [(name != "ADD", name not in _VERSION_1, name != "ADD") for name in names]
+    first, fields = names[0] if names else None, _OPTION_FIELDS  # only code index 0 is left out of an op
+    if body:
+        ops = [(k[0] != first, n_in, 1, fields[k]) for k, n_in in zip(keys, g.op_inputs)]
+    else:
+        ops = Ops(keys, {k: op_tables(k[0] != first, fields[k]) for k in kinds}, sum(g.op_inputs))
     files, biases = g.files, g.biases[::-1]
     consts = sorted(g.consts, key=_group)
     cut = next((i for i, c in enumerate(consts) if c[0] > _BIASES), len(consts))
@@ -383,7 +395,7 @@ def _flash_description(g: Graph) -> tuple[list, list, list, list]:
             t, scalar = (t if not scalar else t[:3] + (0,)), True
         tail.append(t)
     tensors = files[:1] + [c[1] for c in consts[:cut]] + [b for b in biases if b[3] > 0] + _zero_biases(biases) \
-        + tail + files[1:]
+        + tail + (files[1:] if body else [])
     return codes, [t[:3] for t in tensors], ops, [0] + [t[3] for t in tensors]
 
 

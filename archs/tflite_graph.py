@@ -8,6 +8,8 @@ to place the tensors as TensorFlow Lite Micro does. Pure Python, no torch.
 """
 from __future__ import annotations
 
+from .flash import Run
+
 __all__ = ["Graph", "ALIGN", "same_pad", "pad", "conv", "squeeze_excite", "hard_sigmoid_gate", "align",
            "option_fields"]
 
@@ -26,8 +28,8 @@ class Graph:
     graph, plus the counts the overhead model needs and what the file's layout needs (archs.flash)."""
 
     __slots__ = ("size", "ops", "block", "n_const", "small", "opts", "act", "pc",
-                 "pc_fc", "counts", "scratch", "max_channels", "files", "consts", "biases", "op_files", "_same",
-                 "_pending")
+                 "pc_fc", "counts", "scratch", "max_channels", "files", "consts", "biases", "op_keys", "op_inputs", "_same",
+                 "_pending", "run")
 
     def __init__(self, act: str):
         self.size: list[int] = []
@@ -50,13 +52,17 @@ class Graph:
         self.consts: list[tuple[int, tuple[int, int, int, int]]] = []
         self.biases: list[tuple[int, int, int, int]] = []
         self._pending: list[int] = []  # small constants (bytes) whose op comes next
-        # per op: (name, inputs in the file, VALID padding, keep dims, fused activation): see option_fields
-        self.op_files: list[tuple[str, int, bool, bool, bool]] = []
+        self.run = Run()  # files[1:] summed as they come (archs.flash)
+        # per op: (name, VALID padding, keep dims, fused activation): option_fields' arguments; its inputs in the file
+        self.op_keys: list[tuple[str, bool, bool, bool]] = []
+        self.op_inputs: list[int] = []
         self._same = False  # the next op keeps TensorFlow's SAME padding (its padding field at the default)
 
     def tensor(self, nbytes: int, rank: int = 4) -> int:
         """A non-constant tensor no op of the graph writes (the input; a requantized constant)."""
         self.size.append(nbytes)
+        if self.files:
+            self.run.add(rank, 1)
         self.files.append((rank, 1, 0, 0))
         return len(self.size) - 1
 
@@ -68,10 +74,23 @@ class Graph:
         t = len(self.size) - 1
         self.ops.append((name, inputs, t, self.block))
         self.files.append((rank, 1, 0, 0))
+        run = self.run  # Run.add(rank, 1) inline: an even rank's zero points are padded only after a depthwise weight
+        if run.last_q or rank & 1:
+            run.add(rank, 1)
+        else:
+            run.n += 1
+            run.ranks += rank
+            run.channels += 1
+            run.empties += 1
+            run.prev_q = 0
         n_in = len(inputs) + (_CONST_INPUTS.get(name, 0) if consts is None else consts)
         if name in _ONE_CONST and len(inputs) == 1:  # ADD / MUL with a constant operand
             n_in += 1
-        self.op_files.append((name, n_in, not self._same, rank == 4, False))
+        key = (name, not self._same, rank == 4, False)
+        if key not in _OPTION_FIELDS:
+            option_fields(*key)
+        self.op_keys.append(key)
+        self.op_inputs.append(n_in)
         self._same = False
         if self._pending:
             self._place_consts(name)
@@ -124,12 +143,15 @@ class Graph:
             self.consts.append((_FC_WEIGHTS, (2, out_ch, 0, weight_bytes)))
         else:
             self.pc += arr
-            w = (4, out_ch, name == "DEPTHWISE_CONV_2D", weight_bytes)
+            dw = name == "DEPTHWISE_CONV_2D"
+            w = (4, out_ch, dw, weight_bytes)
             ops, files = self.ops, self.files
             if ops and ops[-1][0] == "PAD" and ops[-1][2] == x:  # the weights come before the PAD's output
                 files.insert(len(files) - 1, w)
+                self.run.add_before_last(4, out_ch, dw, weight_bytes, files[-1][0])
             else:
                 files.append(w)
+                self.run.add(4, out_ch, dw, weight_bytes)
         return self.op(name, (x,), out_bytes, 2 if name == "FULLY_CONNECTED" else 4, 1 + bias)
 
     def activation(self, x: int, nbytes: int, act: str | None, rank: int = 4) -> int:
@@ -148,7 +170,9 @@ class Graph:
     def _fuse(self, x: int) -> None:
         """The op that wrote `x` gets a fused activation: its option field for it is no longer the default."""
         if self.ops and self.ops[-1][2] == x:
-            self.op_files[-1] = self.op_files[-1][:4] + (True,)
+            key = self.op_keys[-1][:3] + (True,)
+            option_fields(*key)
+            self.op_keys[-1] = key
 
 
 #: where the converter puts the constants it does not keep beside their op (between the input and the first
