@@ -37,7 +37,7 @@ from .plan import Block, resolve
 from .registry import kinds
 from .spec import NetSpec
 from .flash import Ops, file_bytes, op_tables
-from .tflite_graph import ALIGN as _ALIGN, _BIASES, _OPTION_FIELDS, _SCALAR, Graph, conv as _conv, option_fields
+from .tflite_graph import ALIGN as _ALIGN, _BIASES, _SCALAR, Graph, conv as _conv, option_fields
 
 _REGISTRY = kinds()
 
@@ -203,7 +203,6 @@ def _requantize_pad_values(g: Graph) -> None:
         g.ops[j] = (name, ins + (t,), out, block)  # it replaces the constant pad value among the inputs
         extra.append(("QUANTIZE", (), t, "const"))
     g.ops[:0] = extra
-    option_fields("QUANTIZE")
     g.op_keys[:0] = [("QUANTIZE", True, False, False)] * len(extra)
     g.op_inputs[:0] = [1] * len(extra)
     g.scratch = [(i + len(extra), b) for i, b in g.scratch]
@@ -380,11 +379,11 @@ def _flash_description(g: Graph, body: bool = True) -> tuple[list, list, list, l
     kinds = dict.fromkeys(keys)
     names = list(dict.fromkeys([k[0] for k in kinds]))
     codes = [(name != "ADD", name not in _VERSION_1, name != "ADD") for name in names]
-    first, fields = names[0] if names else None, _OPTION_FIELDS  # only code index 0 is left out of an op
+    first = names[0] if names else None  # only code index 0 is left out of an op
     if body:
-        ops = [(k[0] != first, n_in, 1, fields[k]) for k, n_in in zip(keys, g.op_inputs)]
+        ops = [(k[0] != first, n_in, 1, option_fields(*k)) for k, n_in in zip(keys, g.op_inputs)]
     else:
-        ops = Ops(keys, {k: op_tables(k[0] != first, fields[k]) for k in kinds}, sum(g.op_inputs))
+        ops = Ops(keys, {k: op_tables(k[0] != first, option_fields(*k)) for k in kinds}, sum(g.op_inputs))
     files, biases = g.files, g.biases[::-1]
     consts = sorted(g.consts, key=_group)
     cut = next((i for i, c in enumerate(consts) if c[0] > _BIASES), len(consts))
@@ -394,8 +393,8 @@ def _flash_description(g: Graph, body: bool = True) -> tuple[list, list, list, l
         if group == _SCALAR:  # int8 scalars quantized by themselves: the same byte, kept once
             t, scalar = (t if not scalar else t[:3] + (0,)), True
         tail.append(t)
-    tensors = files[:1] + [c[1] for c in consts[:cut]] + [b for b in biases if b[3] > 0] + _zero_biases(biases) \
-        + tail + (files[1:] if body else [])
+    tensors = [(files[0], 1, 0, 0)] + [c[1] for c in consts[:cut]] + [b for b in biases if b[3] > 0] \
+        + _zero_biases(biases) + tail + ([(t, 1, 0, 0) if type(t) is int else t for t in files[1:]] if body else [])
     return codes, [t[:3] for t in tensors], ops, [0] + [t[3] for t in tensors]
 
 

@@ -48,7 +48,7 @@ class Graph:
         # data bytes): `files` the input, then the activations in op order, each conv's weights before its output
         # (and before the PAD it reads); the converter puts the other constants between the input and the rest
         # (archs.memory orders them): `consts` as (group, tensor), `biases` in op order (data -1: all-zero)
-        self.files: list[tuple[int, int, int, int]] = []
+        self.files: list = []  # an activation as its rank alone
         self.consts: list[tuple[int, tuple[int, int, int, int]]] = []
         self.biases: list[tuple[int, int, int, int]] = []
         self._pending: list[int] = []  # small constants (bytes) whose op comes next
@@ -63,7 +63,7 @@ class Graph:
         self.size.append(nbytes)
         if self.files:
             self.run.add(rank, 1)
-        self.files.append((rank, 1, 0, 0))
+        self.files.append(rank)
         return len(self.size) - 1
 
     def op(self, name: str, inputs: tuple[int, ...], out_bytes: int, rank: int = 4, consts: int | None = None) -> int:
@@ -73,7 +73,7 @@ class Graph:
         self.size.append(out_bytes)
         t = len(self.size) - 1
         self.ops.append((name, inputs, t, self.block))
-        self.files.append((rank, 1, 0, 0))
+        self.files.append(rank)
         run = self.run  # Run.add(rank, 1) inline: an even rank's zero points are padded only after a depthwise weight
         if run.last_q or rank & 1:
             run.add(rank, 1)
@@ -86,10 +86,7 @@ class Graph:
         n_in = len(inputs) + (_CONST_INPUTS.get(name, 0) if consts is None else consts)
         if name in _ONE_CONST and len(inputs) == 1:  # ADD / MUL with a constant operand
             n_in += 1
-        key = (name, not self._same, rank == 4, False)
-        if key not in _OPTION_FIELDS:
-            option_fields(*key)
-        self.op_keys.append(key)
+        self.op_keys.append((name, not self._same, rank == 4, False))
         self.op_inputs.append(n_in)
         self._same = False
         if self._pending:
@@ -148,7 +145,7 @@ class Graph:
             ops, files = self.ops, self.files
             if ops and ops[-1][0] == "PAD" and ops[-1][2] == x:  # the weights come before the PAD's output
                 files.insert(len(files) - 1, w)
-                self.run.add_before_last(4, out_ch, dw, weight_bytes, files[-1][0])
+                self.run.add_before_last(4, out_ch, dw, weight_bytes, files[-1])
             else:
                 files.append(w)
                 self.run.add(4, out_ch, dw, weight_bytes)
@@ -170,9 +167,7 @@ class Graph:
     def _fuse(self, x: int) -> None:
         """The op that wrote `x` gets a fused activation: its option field for it is no longer the default."""
         if self.ops and self.ops[-1][2] == x:
-            key = self.op_keys[-1][:3] + (True,)
-            option_fields(*key)
-            self.op_keys[-1] = key
+            self.op_keys[-1] = self.op_keys[-1][:3] + (True,)
 
 
 #: where the converter puts the constants it does not keep beside their op (between the input and the first
