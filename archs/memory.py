@@ -347,10 +347,10 @@ TAIL_COST: dict[str, float] = {
 TAIL_SCALE = 1.00309
 #: bytes added after scaling: TFLM rounds allocations to 16 bytes, which the fit sees only on average
 TAIL_PAD = 16
-#: bytes added to the file's layout (archs.flash): the converter's order of the constants it hoists is not
-#: always the model's (`tflite_graph.CONST_GROUPS`), which moves a few alignment pads and, through the file's
-#: final 16-byte alignment, the total by 16 bytes either way on some networks; the largest under-estimate on the
-#: development networks (docs/mcu.md)
+#: bytes added to the file's layout (archs.flash): inside its groups (`tflite_graph._SHAPES` ... `_SCALAR`) the
+#: converter's order of the constants it hoists is not always the model's, which moves a few alignment pads and,
+#: through the file's final 16-byte alignment, the total by 16 bytes either way on some networks; the largest
+#: under-estimate on the development networks (docs/mcu.md)
 FLASH_MARGIN = 16
 
 

@@ -27,9 +27,8 @@ class Graph:
     """Tensors (bytes) and operators (name, input tensor ids, output tensor id, block label) of the converted
     graph, plus the counts the overhead model needs and what the file's layout needs (archs.flash)."""
 
-    __slots__ = ("size", "ops", "block", "n_const", "small", "opts", "act", "pc",
-                 "pc_fc", "counts", "scratch", "max_channels", "files", "consts", "biases", "op_keys", "op_inputs", "_same",
-                 "_pending", "run")
+    __slots__ = ("size", "ops", "block", "n_const", "small", "opts", "act", "pc", "pc_fc", "counts", "scratch",
+                 "max_channels", "files", "consts", "biases", "op_keys", "op_inputs", "_same", "_pending", "run")
 
     def __init__(self, act: str):
         self.size: list[int] = []
@@ -114,7 +113,7 @@ class Graph:
             self._pending.append(nbytes)
 
     def _place_consts(self, name: str) -> None:
-        """The small constants read by op `name`, in the converter's groups (see `CONST_GROUPS`)."""
+        """The small constants read by op `name`, in the converter's groups (`_SHAPES` ... `_SCALAR`)."""
         for nbytes in self._pending:
             if nbytes == 1:
                 self.consts.append((_PAD_VALUE if name == "PADV2" else _SCALAR, (0, 1, 0, 1)))
@@ -176,7 +175,6 @@ class Graph:
 #: fully-connected weights, other int8 scalars. Seen on development networks; the order inside a group,
 #: and the groups of biases, are not always the file's (a few bytes of padding: see docs/mcu.md)
 _SHAPES, _PADS, _SLICES, _AXES, _PADV2_PADS, _BIASES, _PAD_VALUE, _FC_WEIGHTS, _SCALAR = range(9)
-CONST_GROUPS = ("shapes", "pads", "slices", "axes", "padv2_pads", "biases", "pad_values", "fc_weights", "scalars")
 
 #: constant inputs the converter gives an op besides its activations (weighted ops: weights and bias)
 _CONST_INPUTS = {"PAD": 1, "PADV2": 2, "MEAN": 1, "SUM": 1, "RESHAPE": 1, "TRANSPOSE": 1, "SLICE": 2,
