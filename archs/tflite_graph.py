@@ -139,7 +139,7 @@ class Graph:
             self.consts.append((_FC_WEIGHTS, (2, out_ch, 0, weight_bytes)))
         else:
             self.pc += arr
-            dw = name == "DEPTHWISE_CONV_2D"
+            dw = name == "DEPTHWISE_CONV_2D" and out_ch > 1  # one channel: quantized_dimension stays 0
             w = (4, out_ch, dw, weight_bytes)
             ops, files = self.ops, self.files
             if ops and ops[-1][0] == "PAD" and ops[-1][2] == x:  # the weights come before the PAD's output
