@@ -92,6 +92,7 @@ def test_flash_is_the_exported_files_bytes(spec, size):
     assert memory(s).flash_bytes == size + FLASH_MARGIN
 
 
+@pytest.mark.slow  # an export (~15 s quiet, ~45 s loaded); CI runs it in make test-slow
 def test_flash_of_a_file_exported_here(tmp_path: Path):
     """A tiny network exported by compress.tflite.export_int8: archs.flash's walk of the parsed file gives its
     size, and the model's flash (from the spec alone) is within the margin, not below."""
