@@ -215,7 +215,7 @@ def test_memory_grows_with_width_and_is_monotone_for_the_bisection():
 
 
 # ----- budgets in the search ------------------------------------------------------------------------------------
-def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path):
+def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path, capsys):
     search_main(["--budget-sram-kb", "6", "--budget-flash-kb", "24", "--trials", "3", "--epochs", "1",
                  "--final-epochs", "1", "--top-k", "1", "--quiet", "--study-name", "mcu", "--out", str(tmp_path)])
     df = pd.read_csv(tmp_path / "mcu" / "trials.csv")
@@ -228,6 +228,13 @@ def test_mcu_budgets_are_never_exceeded_in_a_tiny_search(tmp_path: Path):
         assert r["sram_kb"] == pytest.approx(m.arena_bytes / 1024) and r["flash_kb"] == pytest.approx(m.flash_kb)
     best = json.loads((tmp_path / "mcu" / "best" / "metrics.json").read_text())
     assert best["sram_kb"] <= 6 and best["flash_kb"] <= 24
+    # the printed summary shows SRAM and flash kB beside MFLOPs and params (kB = 1,024 bytes, said below it)
+    text = capsys.readouterr().out
+    tables = [[[c.strip() for c in ln.split("|")[1:-1]] for ln in t.strip().splitlines()]
+              for t in text.split("\n\n") if t.strip().startswith("|")]
+    assert len(tables) == 2 and all(t[0][2:6] == ["MFLOPs", "params", "SRAM kB", "flash kB"] for t in tables)
+    assert tables[1][2][4:6] == [f"{best['sram_kb']:.1f}", f"{best['flash_kb']:.1f}"]  # the winner's row
+    assert "kB = 1,024 bytes" in text
     import analysis
 
     t = analysis.load(tmp_path / "mcu")
