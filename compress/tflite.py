@@ -2,8 +2,9 @@
 
 - `export_int8(model, calib_x, path)`: litert-torch's PT2E quantizer (per-channel symmetric int8 weights,
   int8 activations calibrated on `calib_x`, int8 input and output), channel-last (NHWC) input so the device
-  needs no transpose. Tensor names are shortened to their index afterwards (the converter writes the whole
-  module path of every tensor, up to 300 bytes each, into flash); the weights keep their 16-byte alignment.
+  needs no transpose; a constant pad (shortcut 'A') stays NHWC (`_pad_stays_channel_last`). Tensor names are
+  shortened to their index afterwards (the converter writes the whole module path of every tensor, up to 300
+  bytes each, into flash); the weights keep their 16-byte alignment.
   A graph with float tensors between operators (QUANTIZE / DEQUANTIZE islands) is refused: it would not be
   full-integer.
 - `tflm_allocation(path, arena_bytes)`: the arena TFLM really uses (total, head = planned activations, tail =
@@ -254,6 +255,29 @@ def _full_integer_quantizer():
     return FullInteger().set_global(config)
 
 
+def _pad_stays_channel_last() -> None:
+    """Teach litert-torch's layout pass to run a constant pad (F.pad: the zero channels of shortcut 'A') in NHWC.
+
+    The pass (`optimize_layout_transposes_pass`) knows no NHWC form of `aten.constant_pad_nd`, so it forced the pad
+    into NCHW and placed the TRANSPOSEs around it by a min cut over the whole graph: where they went (before or
+    after the slices, on the shortcut or on both inputs of the ADD and the ops after it) depended on the
+    neighbouring ops, and a TRANSPOSE whose two sides got different scales could fail the converter. Rewritten
+    here, the pad takes NHWC padding ((c, w, h, n) from the last dimension) and the shortcut converts to its
+    STRIDED_SLICEs and one PAD, with no layout op. Registered once per process (an entry of the pass's registry
+    in the pinned litert-torch 0.10.0); only 4-D pads reach it."""
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import layout_rewrite
+
+    aten = torch.ops.aten
+    if aten.constant_pad_nd.default in layout_rewrite.rewriters:
+        return
+
+    def constant_pad_nhwc(node: torch.fx.Node) -> None:
+        pads = list(node.args[1]) + [0] * (8 - len(node.args[1]))  # NCHW from the last dim: w, h, c, n
+        node.args = (node.args[0], pads[4:6] + pads[0:2] + pads[2:4] + pads[6:8]) + tuple(node.args[2:])
+
+    layout_rewrite.rewriters[aten.constant_pad_nd.default] = constant_pad_nhwc
+
+
 class _SiLU(nn.Module):
     """x * sigmoid(x) written out, so the quantizer sees (and quantizes) the LOGISTIC and MUL the converter makes."""
 
@@ -309,6 +333,7 @@ def export_int8(model: nn.Module, calib_x: torch.Tensor, path: str | os.PathLike
     calib = calib_x.detach().float().cpu().permute(0, 2, 3, 1).contiguous()
     example = (calib[:1],)
     quantizer = _full_integer_quantizer()
+    _pad_stays_channel_last()
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
             torch.no_grad():

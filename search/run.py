@@ -144,27 +144,39 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         screen_proxy=args.screen_proxy)
 
 
-def summary_table(result: dict) -> str:
-    """Top trials and winners as a readable table."""
+def _kb(v) -> str:
+    """kB with one decimal, or '-' where the memory model has no figure (a block kind it does not model)."""
+    return "-" if v is None or v != v else f"{v:.1f}"
+
+
+def summary_table(result: dict, mcu: bool = False) -> str:
+    """Top trials and winners as a readable table; with `mcu` (an SRAM / flash budget or objective) also the tensor
+    arena ("SRAM kB") and .tflite size ("flash kB") archs.memory gives, kB = 1,024 bytes."""
     from tabulate import tabulate
 
     df = result["trials"]
+    mem_head = ["SRAM kB", "flash kB"] if mcu else []
     lines = []
     done = candidate_table(df) if len(df) else df  # one row per candidate, ranked as the winners are
     done = done[done["val_acc"].notna()].head(5) if len(done) else done
     if len(done):
-        rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}", f"{r.latency_ms:.2f}",
+        rows = [[int(r.number), r.blocks, f"{r.mflops:.4f}", f"{int(r.params_count):,}",
+                 *([_kb(r.sram_kb), _kb(r.flash_kb)] if mcu else []), f"{r.latency_ms:.2f}",
                  f"{100 * r.budget_share:.0f}%", f"{100 * r.val_acc:.2f}", int(r.runs)] for r in done.itertuples()]
-        lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", "latency ms", "budget used",
-                                             "val acc %", "runs"], tablefmt="github"))
+        lines.append(tabulate(rows, headers=["trial", "blocks", "MFLOPs", "params", *mem_head, "latency ms",
+                                             "budget used", "val acc %", "runs"], tablefmt="github"))
     states = df["state"].value_counts().to_dict() if len(df) else {}
     lines.append("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
     if result["winners"]:
-        rows = [[w["rank"], w["trial"], f"{w['mflops']:.4f}", f"{w['params']:,}", f"{w['latency_ms']:.2f}",
+        rows = [[w["rank"], w["trial"], f"{w['mflops']:.4f}", f"{w['params']:,}",
+                 *([_kb(w.get("sram_kb")), _kb(w.get("flash_kb"))] if mcu else []), f"{w['latency_ms']:.2f}",
                  f"{100 * w['val_acc']:.2f}" if w.get("val_acc") is not None else "-", w.get("val_evals", 1),
                  f"{100 * w['test_acc']:.2f}", w["dir"]] for w in result["winners"]]
-        lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", "latency ms", "val acc %", "runs",
-                                             "test acc %", "saved to"], tablefmt="github"))
+        lines.append(tabulate(rows, headers=["rank", "trial", "MFLOPs", "params", *mem_head, "latency ms",
+                                             "val acc %", "runs", "test acc %", "saved to"], tablefmt="github"))
+    if mcu:
+        lines.append("SRAM kB: the whole TFLM tensor arena (activations + runtime overhead), flash kB: the int8 "
+                     ".tflite file, both from archs.memory; kB = 1,024 bytes")
     if result.get("note"):
         lines.append(result["note"])
     lines.append(f"study '{result['study']}' in {result['dir']} (trials.csv, config.json, study storage)")
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     result = run_search(cfg)
-    print("\n" + summary_table(result))
+    print("\n" + summary_table(result, mcu=cfg.mcu))
     return 0
 
 

@@ -97,6 +97,11 @@ class SearchConfig:
     def multi(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def mcu(self) -> bool:
+        """True with an SRAM or flash budget or objective (archs.memory must model every block kind searched)."""
+        return self.budget.mcu or any(o in ("sram", "flash") for o in self.objectives)
+
     def validate(self) -> "SearchConfig":
         if not self.budget.any():
             raise UserError("give at least one budget: --budget-mflops, --budget-params, --budget-latency-ms, "
@@ -140,7 +145,7 @@ class SearchConfig:
             raise UserError(f"--objectives must be 'accuracy' or 'accuracy,COST' with COST in mflops, params, "
                             f"latency, sram, flash; got {','.join(obj)!r}")
         SearchSpace(blocks=tuple(self.space), width=self.width).validate()
-        if self.budget.mcu or any(o in ("sram", "flash") for o in obj):
+        if self.mcu:
             missing = [b for b in self.space if not supported(b)]
             if missing:
                 raise UserError(f"--budget-sram-kb / --budget-flash-kb / sram and flash objectives: archs.memory does "

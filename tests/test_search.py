@@ -101,6 +101,8 @@ def test_resume_of_a_finished_study_points_at_its_winner_files(study_dir: Path, 
     text = capsys.readouterr().out
     assert "on that machine" not in text
     assert "already finished" in text and str(study_dir) in text
+    header = [c.strip() for c in next(ln for ln in text.splitlines() if "saved to" in ln).split("|")[1:-1]]
+    assert header[2:5] == ["MFLOPs", "params", "latency ms"] and "SRAM kB" not in text  # no MCU budget: no kB columns
     assert (study_dir / "best/model.pt").is_file()
 
 

@@ -66,23 +66,21 @@ def _tflite(g, b, spec, x):
     ho, wo = (b.h_in - 1) // b.stride + 1, (b.w_in - 1) // b.stride + 1
     if not identity and b.extra["shortcut"] == "B":  # the shortcut runs first (forward order)
         sc = conv(g, x, b.in_ch, b.out_ch, 1, b.stride, 0, b.h_in, b.w_in, 1, None)[0]
-    elif not identity:  # 'A': subsample, then zero-pad the channels (NCHW order: transposed or reshaped around it)
-        # x[:, :, ::s, ::s]: one slice per dimension that shrinks; its begin, end and strides are three int32[4]
-        # constant tensors, the begin shared by every slice (the converter stores each value once)
-        for dim, shrinks, out in (("h", b.h_in > 1, b.in_ch * ho * b.w_in), ("w", b.w_in > 1, b.in_ch * ho * wo)):
-            if b.stride > 1 and shrinks:
-                g.small_const(("slice_begin",), 16)
-                g.small_const(("slice_end", b.stride, dim), 16)
-                g.small_const(("slice_strides", b.stride, dim), 16)
-                sc = g.op("STRIDED_SLICE", (sc,), out)
-        if b.out_ch > b.in_ch:
-            layout = "TRANSPOSE" if ho * wo > 1 else "RESHAPE"
-            g.small_const((layout, b.in_ch), 16)
-            g.small_const((layout, b.out_ch), 16)
-            g.small_const(("cpad", b.out_ch - b.in_ch), 32)
-            sc = g.op(layout, (sc,), b.in_ch * ho * wo)
+    elif not identity:  # 'A': subsample, then zero-pad the channels, all in NHWC (compress.tflite keeps the pad there)
+        # x[:, :, ::s, ::s]: one STRIDED_SLICE per dimension that shrinks; its begin, end and strides are int32[4]
+        # constant tensors, stored once per value: the begin [0, 0, 0, 0] is shared, the end is the input's shape
+        h, w, c = b.h_in, b.w_in, b.in_ch
+        for dim, size in (("h", h), ("w", w)):
+            if b.stride > 1 and size > 1:
+                g.small_const(("i32x4", 0, 0, 0, 0), 16)
+                g.small_const(("i32x4", 1, h, w, c), 16)
+                g.small_const(("i32x4", 1, b.stride, 1, 1) if dim == "h" else ("i32x4", 1, 1, b.stride, 1), 16)
+                h, w = (ho, w) if dim == "h" else (h, wo)
+                sc = g.op("STRIDED_SLICE", (sc,), c * h * w)
+        if b.out_ch > c:  # one PAD of the channel dimension, its paddings an int32[4, 2] constant
+            lo = (b.out_ch - c) // 2
+            g.small_const(("pad_nhwc", 0, 0, 0, 0, 0, 0, lo, b.out_ch - c - lo), 32)
             sc = g.op("PAD", (sc,), b.out_ch * ho * wo)
-            sc = g.op(layout, (sc,), b.out_ch * ho * wo)
     t, ho, wo = conv(g, x, b.in_ch, b.out_ch, k, b.stride, k // 2, b.h_in, b.w_in, 1, spec.act)
     t = conv(g, t, b.out_ch, b.out_ch, k, 1, k // 2, ho, wo, 1, None)[0]
     n = b.out_ch * ho * wo
