@@ -22,7 +22,7 @@ _FILES = [
     ("c10_i1_r32_a1.495_p1.5_d8_relu6 | stem24k3s1 | lowrank49k3s1n3(rank_ratio=0.75) | "
      "conv72k3s1!(groups=3,padding=3) | head:conv_drop0.2", 90752),
     ("c10_i3_r32_a0.571_p1.0_d2_relu6 | stem24k3s1 | dws19k3s2n2 | lowrank18k7s1n2(rank_ratio=0.25) | "
-     "basic34k7s1(shortcut=A) | fire22k5s1n3(bypass=F,pct3x3=0.75,squeeze_ratio=0.125) | head:pool_drop0.1", 46560),
+     "basic34k7s1(shortcut=A) | fire22k5s1n3(bypass=F,pct3x3=0.75,squeeze_ratio=0.125) | head:pool_drop0.1", 46064),  # NHWC channel pad (46,560 before)
     ("c2_i1_r48_a0.74_p1.0_d4_relu6 | stem32k3s1 | ir45k7s2(expand=1,se=0.5) | basic40k3s2n2(shortcut=B) | "
      "avgpoolk2s2(padding=0) | lowrank28k7s1n3!(rank_ratio=0.1) | mbv3_14k3s1n3(act=hardswish,expand=6,se=0.5) | "
      "head:conv_drop0.1", 150816),
