@@ -400,9 +400,35 @@ def summarize(runs: list[dict], args) -> dict:
         print("\nminus tpe, paired over every (budget, seed) pair (test points ± SE):")
         print(tabulate([[m, f"{100 * v['mean']:+.2f}" + ("" if v["se"] is None else f" ± {100 * v['se']:.2f}"),
                          v["pairs"]] for m, v in out.items()], headers=["method", "test − tpe", "pairs"],
-                       tablefmt="github"))
+                       tablefmt="github", disable_numparse=True))
         summary["pooled_minus_tpe"] = out
+    cv = cv_minus_holdout(runs)
+    if cv:
+        print("\nMETHOD-cv minus METHOD (the cross-validated selection's effect), paired over (budget, seed) pairs:")
+        print(tabulate([[m, f"{100 * v['mean']:+.2f}" + ("" if v["se"] is None else f" ± {100 * v['se']:.2f}"),
+                         " / ".join(f"{100 * x:+.2f}" for x in v["per_budget"].values()), v["pairs"]]
+                        for m, v in cv.items()], headers=["method", "test: cv − hold-out", "per budget", "pairs"],
+                       tablefmt="github", disable_numparse=True))
+        summary["cv_minus_holdout"] = cv
     return summary
+
+
+def cv_minus_holdout(runs: list[dict]) -> dict[str, dict]:
+    """Test accuracy of METHOD-cv minus METHOD, paired over (budget, seed), per method and over all of them."""
+    test = {(r["budget"], r["seed"], r["method"]): r["test"] for r in runs}
+    pairs: dict[str, list[tuple[str, float]]] = {}
+    for (b, seed, m), v in test.items():
+        if m.endswith(CV) and (b, seed, base_method(m)) in test:
+            pairs.setdefault(base_method(m), []).append((b, v - test[(b, seed, base_method(m))]))
+    if pairs:
+        pairs["all methods"] = [p for ps in list(pairs.values()) for p in ps]
+    out = {}
+    for m, ps in pairs.items():
+        d = [x for _, x in ps]
+        out[m] = {"mean": statistics.mean(d), "se": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None,
+                  "pairs": len(d), "per_budget": {b: statistics.mean(x for bb, x in ps if bb == b)
+                                                  for b in BUDGETS if any(bb == b for bb, _ in ps)}}
+    return out
 
 
 def plot(runs: list[dict], path_prefix: Path) -> list[str]:
