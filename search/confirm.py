@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CONFIRMS = "confirms"  # user attribute: the number of the trial whose candidate this trial re-evaluates
-FOLD = "fold"          # user attribute: the fold of train+val a confirmation validates on (absent: fold 0, the val split)
+FOLD = "fold"          # user attribute: the fold of train+val a confirmation validates on (absent: 0, val)
 LEADERS = 3            # how many leading candidates share the confirmation trials
 
 

@@ -144,8 +144,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm, confirm_folds=args.confirm_folds, storage_timeout=args.storage_timeout, width=args.width, screen=args.screen,
-        screen_proxy=args.screen_proxy)
+        confirm=args.confirm, confirm_folds=args.confirm_folds, storage_timeout=args.storage_timeout, width=args.width,
+        screen=args.screen, screen_proxy=args.screen_proxy)
 
 
 def summary_table(result: dict) -> str:
