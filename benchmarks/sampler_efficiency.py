@@ -13,7 +13,11 @@ the same number of trials. Methods:
 - screen-<proxy>: each new trial trains the best of --screen-k random budget-fitted candidates by a zero-cost
   proxy, as `search.run --screen K --screen-proxy PROXY` does (screen--<proxy> trains the lowest-scoring one);
 - lenet-style: the best hand design of benchmarks/search_quality.py fitted to the budget, its trials tuning
-  learning rate and weight decay.
+  learning rate and weight decay;
+- METHOD-cv (e.g. tpe-cv, random-cv, lenet-style-cv): METHOD with a cross-validated selection, as
+  `search.run --confirm-folds K` (--confirm-folds, default 5): its confirmation trials validate on other folds of
+  train+val. A study's trials before its confirmations do not depend on them, so METHOD and METHOD-cv of a seed
+  share those trials (run once, then continued once per selection rule; lenet-style-cv and hyperband-cv run alone).
 Every method starts from the search's warm start (its classic designs) and selects as the search does (the last
 --confirm share re-trains the leaders; best mean wins). The pick is retrained on train+val and tested.
 Every trained network is also scored by the zero-cost proxies at its own initial weights, and each proxy's
@@ -21,12 +25,15 @@ Spearman rank correlation with trained validation accuracy is reported.
 
     python benchmarks/sampler_efficiency.py                              # development seeds: for any choice
     python benchmarks/sampler_efficiency.py --seeds report --shared-machine
+    python benchmarks/sampler_efficiency.py --trials 32 --methods tpe tpe-cv random random-cv lenet-style \
+        lenet-style-cv --json docs/benchmarks/sampler_efficiency_long_dev.json --shared-machine   # longer studies
     python benchmarks/sampler_efficiency.py --quick                      # smoke run, seconds
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import statistics
@@ -45,7 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from archs import NetSpec  # noqa: E402
 from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
-from search.confirm import CONFIRMS, enqueue_confirmation, rank_candidates  # noqa: E402
+from search.confirm import CONFIRMS, FOLD, enqueue_confirmation, next_confirmation, rank_candidates  # noqa: E402
 from search.objective import Objective, TrialFailed  # noqa: E402
 from search.proxies import PROXIES, score_all  # noqa: E402
 from search.space import Budget, DataShape, SearchSpace, sample  # noqa: E402
@@ -65,6 +72,29 @@ METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "s
 DEFAULT_METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "screen-params",
                    "screen--naswot", "lenet-style")
 CPU = torch.device("cpu")
+CV = "-cv"  # method suffix: the method with a cross-validated selection (--confirm-folds)
+
+
+def base_method(method: str) -> str:
+    """The method without its -cv suffix."""
+    return method[:-len(CV)] if method.endswith(CV) else method
+
+
+def method_folds(method: str, args) -> int:
+    """The folds a method's confirmations validate on: --confirm-folds for a -cv method, else 1 (the val split)."""
+    return int(getattr(args, "confirm_folds", 5)) if method.endswith(CV) else 1
+
+
+def known_method(method: str) -> bool:
+    m = base_method(method)
+    return m in METHODS or (m.startswith("screen-") and m.split("-", 1)[1].lstrip("-") in PROXIES)
+
+
+def ordered_methods(runs: list[dict]) -> list[str]:
+    """METHODS first, each followed by its -cv variant, then any other method of `runs`, in first-seen order."""
+    seen = list(dict.fromkeys(r["method"] for r in runs))
+    out = [x for m in METHODS for x in (m, m + CV) if x in seen]
+    return out + [m for m in seen if m not in out]
 
 
 def make_method_sampler(method: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
@@ -77,27 +107,66 @@ def make_method_sampler(method: str, seed: int, trials: int) -> optuna.samplers.
     return make_sampler("tpe", seed, False, trials)  # tpe, tpe-share, hyperband: the search's default
 
 
-def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, seed: int) -> dict:
-    """One method's study until it has trained trials x epochs epochs; its trials, anytime curve and pick."""
+def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, seed: int,
+              folds: tuple[int, ...] = (1,)) -> dict[int, dict]:
+    """One method's study until it has trained trials x epochs epochs: its trials, anytime curve and pick, per
+    selection rule of `folds` (confirmations on that many folds of train+val, 1: the val split). The trials before
+    the confirmations do not depend on the rule, so they run once and the study is then continued once per rule."""
     trials = args.trials
+    method = base_method(method)
     space = SearchSpace(rho=rho, width="share" if method == "tpe-share" else "alpha")
     cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, epochs=args.epochs,
                        batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=seed, device="cpu")
-    pruner = (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=args.epochs, reduction_factor=2)
-              if method == "hyperband" else optuna.pruners.NopPruner())
-    study = optuna.create_study(direction="maximize", sampler=make_method_sampler(method, seed, trials), pruner=pruner)
+
+    def pruner() -> optuna.pruners.BasePruner:
+        return (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=args.epochs, reduction_factor=2)
+                if method == "hyperband" else optuna.pruners.NopPruner())
+    if method == "hyperband" and len(folds) > 1:
+        raise ValueError("hyperband's pruner keeps state per study: run its selection rules one at a time")
+    study = optuna.create_study(direction="maximize", sampler=make_method_sampler(method, seed, trials), pruner=pruner())
     enqueue_warm_start(study, space, contextlib.nullcontext, trials)
-    objective = Objective(data, space, budget, ["accuracy"], train_config(cfg, CPU, data, args.epochs), CPU)
+
+    def objective_for(k: int) -> Objective:
+        return Objective(data, space, budget, ["accuracy"], train_config(cfg, CPU, data, args.epochs), CPU, folds=k)
+    objective = objective_for(folds[0])
     screen = None
     if method.startswith("screen-"):  # as search.run --screen K --screen-proxy PROXY does it
         screen = make_screen(objective, replace(cfg, screen=args.screen_k, screen_proxy=method.split("-", 1)[1]), seed)
-    total = trials * args.epochs
-    spent, rows, t0 = 0, [], time.perf_counter()
+    t0 = time.perf_counter()
+    shared: dict = {"spent": 0, "rows": []}
+    if len(folds) > 1:
+        _advance(study, objective, screen, args, shared, 1, until_confirmations=True)
+    shared_seconds = time.perf_counter() - t0
+    out = {}
+    for k in folds:
+        branch, obj = study, objective
+        if len(folds) > 1:  # a copy of the study so far, its sampler's state included
+            assert not any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+            branch = optuna.create_study(direction="maximize", sampler=copy.deepcopy(study.sampler), pruner=pruner())
+            branch.add_trials(study.get_trials(deepcopy=True))
+            obj = objective_for(k)
+        state = {"spent": shared["spent"], "rows": [dict(r) for r in shared["rows"]]}
+        b0 = time.perf_counter()
+        _advance(branch, obj, screen, args, state, k)
+        out[k] = _result(branch, state, shared_seconds + time.perf_counter() - b0, screen)
+    return out
+
+
+def _advance(study: optuna.Study, objective: Objective, screen, args, state: dict, folds: int,
+             until_confirmations: bool = False) -> None:
+    """Run `study` until it has trained trials x epochs epochs (or, `until_confirmations`, until its next trial
+    would be a confirmation), adding a row per counted trial to state["rows"] and its epochs to state["spent"]."""
+    trials, total = args.trials, args.trials * args.epochs
+    rows = state["rows"]
     for _ in range(50 * trials):  # infeasible samples cost no epochs; bounded all the same
+        spent = state["spent"]
         if spent >= total:
             break
+        if until_confirmations and next_confirmation(study.get_trials(deepcopy=False), spent // args.epochs, 0,
+                                                     trials, args.confirm) is not None:
+            break
         queued = enqueue_confirmation(study, study.get_trials(deepcopy=False), spent // args.epochs, 0, trials,
-                                      args.confirm)
+                                      args.confirm, folds)
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if screen is not None and queued is None and not waiting:
             params = screen.propose()
@@ -110,13 +179,19 @@ def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, s
             continue
         a = t.user_attrs
         epochs = int(a.get("epochs_run", 0))
-        spent += epochs
+        state["spent"] += epochs
         rows.append({"number": t.number, "state": t.state.name, "epochs": epochs,
                      "seconds": time.perf_counter() - s0, "val_acc": a.get("val_acc"),
-                     "confirms": a.get(CONFIRMS), "template": a.get("template"), "spec": a.get("spec"),
+                     "confirms": a.get(CONFIRMS), "fold": a.get(FOLD, 0), "template": a.get("template"),
+                     "spec": a.get("spec"),
                      "spec_json": a.get("spec_json"), "hparams": a.get("hparams"), "mflops": a.get("mflops"),
                      "params": a.get("params_count"), "budget_share": a.get("budget_share"),
-                     "alpha": a.get("alpha"), "trial_seed": seed + t.number})
+                     "alpha": a.get("alpha"), "trial_seed": objective.train_cfg.seed + t.number})
+
+
+def _result(study: optuna.Study, state: dict, seconds: float, screen) -> dict:
+    """A finished study's rows (screen time spread over its screened trials), pick, epochs and seconds."""
+    rows = state["rows"]
     if screen is not None:  # scoring time is compute too: spread over the screened trials
         n = sum(1 for r in rows if r["confirms"] is None and r["template"] is None) or 1
         for r in rows:
@@ -127,17 +202,18 @@ def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, s
                                      "spec_json": best.trial.user_attrs["spec_json"],
                                      "hparams": best.trial.user_attrs["hparams"], "val_acc": best.mean,
                                      "val_runs": best.evals},
-            "epochs": spent, "seconds": time.perf_counter() - t0, "screen_seconds": screen.seconds if screen else 0.0}
+            "epochs": state["spent"], "seconds": seconds, "screen_seconds": screen.seconds if screen else 0.0}
 
 
 def anytime(rows: list[dict]) -> dict[str, list[float]]:
     """Best-so-far single-run validation accuracy after each counted trial, with cumulative epochs and seconds
-    (trials pruned before their last epoch count for compute, not for accuracy)."""
+    (trials pruned before their last epoch, and confirmations on another fold than the val split, count for
+    compute, not for accuracy)."""
     best, out = float("nan"), {"trials": [], "epochs": [], "seconds": [], "best_val": []}
     e = s = 0.0
     for i, r in enumerate(rows, 1):
         e, s = e + r["epochs"], s + r["seconds"]
-        if r["state"] == "COMPLETE" and r["val_acc"] is not None and not (r["val_acc"] <= best):
+        if r["state"] == "COMPLETE" and r["val_acc"] is not None and not r.get("fold") and not (r["val_acc"] <= best):
             best = r["val_acc"]
         out["trials"].append(i)
         out["epochs"].append(e)
@@ -163,32 +239,47 @@ def proxy_scores(rows: list[dict], data, seed: int) -> None:
         r["proxies"] = score_all(spec, *cache[size], r["trial_seed"])
 
 
-def run_one(budget_name: str, seed: int, method: str, args) -> dict:
-    """One (budget, seed, method): the study (or the hand design), the pick's test accuracy, proxy scores."""
+def run_one(budget_name: str, seed: int, methods: list[str], args) -> list[dict]:
+    """One (budget, seed) and methods that differ only in their selection rule (e.g. tpe and tpe-cv): each one's
+    study (or hand design), its pick's test accuracy and proxy scores."""
     mflops, params, rho = BUDGETS[budget_name]
     budget = Budget(mflops=mflops, params=params)
     data = load_data("digits", seed=seed)
+    base = {base_method(m) for m in methods}
+    assert len(base) == 1, methods
+    if base == {"lenet-style"}:
+        out = []
+        for method in methods:
+            t0 = time.perf_counter()
+            r = run_baseline(baselines(divisor=4)["lenet-style conv"], budget, data, args.trials, args.epochs,
+                             args.final_epochs, seed, args.batch_size, args.retrains, args.label_smoothing,
+                             args.confirm, rhos=rho, confirm_folds=method_folds(method, args))
+            out.append({"method": method, "budget": budget_name, "seed": seed, "val_acc": r["best_val"],
+                        "test": r["test"], "test_retrains": r["test_retrains"], "spec": r["spec"],
+                        "epochs": args.trials * args.epochs, "seconds": time.perf_counter() - t0, "trials": [],
+                        "curve": None, "confirm_folds": method_folds(method, args)})
+        return out
     t0 = time.perf_counter()
-    if method == "lenet-style":
-        r = run_baseline(baselines(divisor=4)["lenet-style conv"], budget, data, args.trials, args.epochs,
-                         args.final_epochs, seed, args.batch_size, args.retrains, args.label_smoothing, args.confirm,
-                         rhos=rho)
-        return {"method": method, "budget": budget_name, "seed": seed, "val_acc": r["best_val"], "test": r["test"],
-                "test_retrains": r["test_retrains"], "spec": r["spec"], "epochs": args.trials * args.epochs,
-                "seconds": time.perf_counter() - t0, "trials": [], "curve": None}
-    res = run_study(method, budget, rho, data, args, seed)
-    pick = res["pick"]
-    spec = NetSpec.from_dict(pick["spec_json"])
-    tests = final_tests(spec, pick["hparams"], data, args.final_epochs, args.batch_size, seed, args.retrains,
-                        args.label_smoothing)  # at the pick's input size
-    proxy_scores(res["trials"], data, seed)
-    for r in res["trials"]:
-        r.pop("spec_json", None)
-    return {"method": method, "budget": budget_name, "seed": seed, "val_acc": pick["val_acc"],
-            "val_runs": pick["val_runs"], "test": statistics.mean(tests), "test_retrains": tests, "spec": pick["spec"],
-            "pick_trial": pick["number"], "epochs": res["epochs"], "seconds": res["seconds"],
-            "screen_seconds": res["screen_seconds"], "n_trials": len(res["trials"]), "trials": res["trials"],
-            "curve": anytime(res["trials"]), "total_seconds": time.perf_counter() - t0}
+    folds = tuple(method_folds(m, args) for m in methods)
+    studies = run_study(methods[0], budget, rho, data, args, seed, folds)
+    out = []
+    for method, k in zip(methods, folds):
+        res = studies[k]
+        pick = res["pick"]
+        spec = NetSpec.from_dict(pick["spec_json"])
+        tests = final_tests(spec, pick["hparams"], data, args.final_epochs, args.batch_size, seed, args.retrains,
+                            args.label_smoothing)  # at the pick's input size
+        proxy_scores(res["trials"], data, seed)
+        for r in res["trials"]:
+            r.pop("spec_json", None)
+        out.append({"method": method, "budget": budget_name, "seed": seed, "val_acc": pick["val_acc"],
+                    "val_runs": pick["val_runs"], "test": statistics.mean(tests), "test_retrains": tests,
+                    "spec": pick["spec"], "pick_trial": pick["number"], "epochs": res["epochs"],
+                    "seconds": res["seconds"], "screen_seconds": res["screen_seconds"],
+                    "n_trials": len(res["trials"]), "trials": res["trials"], "curve": anytime(res["trials"]),
+                    "total_seconds": time.perf_counter() - t0, "confirm_folds": k,
+                    "shared_with": [m for m in methods if m != method]})
+    return out
 
 
 def alpha_replaced(budget_name: str, draws: int = 1000, seed: int = 0) -> dict:
@@ -247,8 +338,12 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float | None]:
 
 def summarize(runs: list[dict], args) -> dict:
     """Per budget and method: the pick's validation and test accuracy, compute, best-so-far at the common
-    compute; differences from random search and from the hand design, paired over seeds."""
+    compute; differences from random search and from the hand design with the same selection rule (a -cv method
+    against random-cv and lenet-style-cv), and from tpe (the default), paired over seeds; then each method minus
+    tpe paired over every (budget, seed) pair ("pooled")."""
     summary: dict[str, dict] = {}
+    order = ordered_methods(runs)
+    pooled: dict[str, list[float]] = {}
     for b in BUDGETS:
         by: dict[str, list[dict]] = {}
         for r in runs:
@@ -258,7 +353,7 @@ def summarize(runs: list[dict], args) -> dict:
             continue
         seeds_of = {m: [r["seed"] for r in rs] for m, rs in by.items()}
         rows, s = [], {}
-        for m in METHODS:
+        for m in order:
             if m not in by:
                 continue
             rs = sorted(by[m], key=lambda r: r["seed"])
@@ -268,13 +363,16 @@ def summarize(runs: list[dict], args) -> dict:
                      "seconds": statistics.median(r["seconds"] for r in rs),
                      "trials": statistics.mean(r.get("n_trials", args.trials) for r in rs),
                      "best_single_val": statistics.mean(r["curve"]["best_val"][-1] for r in rs) if rs[0]["curve"] else None}
-            for ref in ("random", "lenet-style"):
+            cv = CV if m.endswith(CV) else ""
+            for key, ref in (("random", "random" + cv), ("lenet-style", "lenet-style" + cv), ("tpe", "tpe")):
                 if ref in by and ref != m:
                     other = {r["seed"]: r["test"] for r in by[ref]}
                     common = [r for r in rs if r["seed"] in other]
                     if common:
                         d, se = paired([r["test"] for r in common], [other[r["seed"]] for r in common])
-                        entry[f"minus_{ref}"] = {"mean": d, "se": se, "seeds": len(common)}
+                        entry[f"minus_{key}"] = {"mean": d, "se": se, "seeds": len(common), "against": ref}
+                        if key == "tpe":
+                            pooled.setdefault(m, []).extend(r["test"] - other[r["seed"]] for r in common)
             s[m] = entry
 
             def diff(ref: str) -> str:
@@ -285,16 +383,52 @@ def summarize(runs: list[dict], args) -> dict:
             rows.append([m, f"{100 * entry['val_acc']:.2f}",
                          "" if entry["best_single_val"] is None else f"{100 * entry['best_single_val']:.2f}",
                          f"{100 * entry['test']:.2f}", " / ".join(f"{100 * v:.1f}" for v in test), diff("random"),
-                         diff("lenet-style"), f"{entry['trials']:.0f}", f"{entry['epochs']:.0f}",
+                         diff("lenet-style"), diff("tpe"), f"{entry['trials']:.0f}", f"{entry['epochs']:.0f}",
                          f"{entry['seconds']:.0f}"])
         mflops, params, rho = BUDGETS[b]
         print(f"\nbudget {b}: {mflops:g} MFLOPs (fvcore MACs), {params:,} params, rho {rho}; "
               f"{args.trials} trials x {args.epochs} epochs of compute per method; seeds {sorted(set(sum(seeds_of.values(), [])))}")
         print(tabulate(rows, headers=["method", "pick val % (mean of runs)", "best single val %", "test %",
-                                      "test per seed %", "minus random (points ± SE)", "minus lenet-style",
-                                      "trials", "epochs", "median s"], tablefmt="github"))
+                                      "test per seed %", "minus random[-cv] (points ± SE)", "minus lenet-style[-cv]",
+                                      "minus tpe", "trials", "epochs", "median s"], tablefmt="github"))
         summary[b] = s
+    if pooled:
+        out = {}
+        for m, d in pooled.items():
+            se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+            out[m] = {"mean": statistics.mean(d), "se": se, "pairs": len(d)}
+        print("\nminus tpe, paired over every (budget, seed) pair (test points ± SE):")
+        print(tabulate([[m, f"{100 * v['mean']:+.2f}" + ("" if v["se"] is None else f" ± {100 * v['se']:.2f}"),
+                         v["pairs"]] for m, v in out.items()], headers=["method", "test − tpe", "pairs"],
+                       tablefmt="github", disable_numparse=True))
+        summary["pooled_minus_tpe"] = out
+    cv = cv_minus_holdout(runs)
+    if cv:
+        print("\nMETHOD-cv minus METHOD (the cross-validated selection's effect), paired over (budget, seed) pairs:")
+        print(tabulate([[m, f"{100 * v['mean']:+.2f}" + ("" if v["se"] is None else f" ± {100 * v['se']:.2f}"),
+                         " / ".join(f"{100 * x:+.2f}" for x in v["per_budget"].values()), v["pairs"]]
+                        for m, v in cv.items()], headers=["method", "test: cv − hold-out", "per budget", "pairs"],
+                       tablefmt="github", disable_numparse=True))
+        summary["cv_minus_holdout"] = cv
     return summary
+
+
+def cv_minus_holdout(runs: list[dict]) -> dict[str, dict]:
+    """Test accuracy of METHOD-cv minus METHOD, paired over (budget, seed), per method and over all of them."""
+    test = {(r["budget"], r["seed"], r["method"]): r["test"] for r in runs}
+    pairs: dict[str, list[tuple[str, float]]] = {}
+    for (b, seed, m), v in test.items():
+        if m.endswith(CV) and (b, seed, base_method(m)) in test:
+            pairs.setdefault(base_method(m), []).append((b, v - test[(b, seed, base_method(m))]))
+    if pairs:
+        pairs["all methods"] = [p for ps in list(pairs.values()) for p in ps]
+    out = {}
+    for m, ps in pairs.items():
+        d = [x for _, x in ps]
+        out[m] = {"mean": statistics.mean(d), "se": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None,
+                  "pairs": len(d), "per_budget": {b: statistics.mean(x for bb, x in ps if bb == b)
+                                                  for b in BUDGETS if any(bb == b for bb, _ in ps)}}
+    return out
 
 
 def plot(runs: list[dict], path_prefix: Path) -> list[str]:
@@ -311,7 +445,7 @@ def plot(runs: list[dict], path_prefix: Path) -> list[str]:
         if not rs:
             continue
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for m in METHODS:
+        for m in ordered_methods(rs):
             curves = [r["curve"] for r in rs if r["method"] == m]
             if not curves:
                 continue
@@ -366,7 +500,10 @@ def main() -> None:
     ap.add_argument("--label-smoothing", type=float, default=SearchConfig.label_smoothing)
     ap.add_argument("--confirm", type=float, default=SearchConfig.confirm)
     ap.add_argument("--screen-k", type=int, default=10, help="candidates a proxy screen scores per trial")
-    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help=f"of {', '.join(METHODS)}, or screen-PROXY")
+    ap.add_argument("--confirm-folds", type=int, default=5,
+                    help=f"folds of train+val the confirmations of a METHOD{CV} validate on (search.run --confirm-folds)")
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                    help=f"of {', '.join(METHODS)}, or screen-PROXY; each also as METHOD{CV} (--confirm-folds)")
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--json", default=str(ROOT / "results/benchmarks/sampler_efficiency.json"))
     ap.add_argument("--plots", default=None, help="PNG path prefix (default: the JSON's, plus _BUDGET.png)")
@@ -376,11 +513,15 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = resolve_seeds(args.seeds)
     for m in args.methods:
-        if m not in METHODS and not (m.startswith("screen-") and m.split("-", 1)[1].lstrip("-") in PROXIES):
+        if not known_method(m):
             raise SystemExit(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)} or screen-PROXY "
-                             f"({', '.join(PROXIES)}; screen--PROXY prefers low scores)")
+                             f"({', '.join(PROXIES)}; screen--PROXY prefers low scores), each also as METHOD{CV}")
+    if not 2 <= args.confirm_folds <= 20:
+        raise SystemExit(f"--confirm-folds must be from 2 to 20, got {args.confirm_folds}")
     if args.quick:  # every method once, tiny: the code paths run, the figures mean nothing
         args.trials, args.epochs, args.final_epochs, args.seeds, args.screen_k = 4, 1, 1, args.seeds[:1], 3
+        if args.methods == list(DEFAULT_METHODS):  # and the cross-validated selection of a search and a design
+            args.methods += ["tpe" + CV, "lenet-style" + CV]
     prefix = Path(args.plots) if args.plots else Path(args.json).with_suffix("")
     if args.summarize:
         saved = [json.loads(Path(p).read_text()) for p in args.summarize]
@@ -392,7 +533,7 @@ def main() -> None:
     quiet_library_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
-    METHODS = tuple(dict.fromkeys([*METHODS, *args.methods]))
+    METHODS = tuple(dict.fromkeys([*METHODS, *(base_method(m) for m in args.methods)]))
     tasks = [(b, s, m) for b in args.budgets for s in args.seeds for m in args.methods]
     runs: list[dict] = []
     t0 = time.time()
@@ -410,11 +551,15 @@ def main() -> None:
         write_results(args.json, out, args, args.seeds)
         return out
 
+    groups: dict[tuple, list[str]] = {}  # methods that share their trials up to the confirmations run together
     for b, s, m in tasks:
-        r = run_one(b, s, m, args)
-        runs.append(r)
-        print(f"{b} seed {s} {m}: pick val {100 * r['val_acc']:.2f}% test {100 * r['test']:.2f}%  "
-              f"{r['epochs']} epochs, {r['seconds']:.0f} s  {r['spec']}  [{time.time() - t0:.0f} s]", flush=True)
+        key = (b, s, base_method(m), m if base_method(m) == "hyperband" else "")
+        groups.setdefault(key, []).append(m)
+    for (b, s, _, _), ms in groups.items():
+        for r in run_one(b, s, ms, args):
+            runs.append(r)
+            print(f"{b} seed {s} {r['method']}: pick val {100 * r['val_acc']:.2f}% test {100 * r['test']:.2f}%  "
+                  f"{r['epochs']} epochs, {r['seconds']:.0f} s  {r['spec']}  [{time.time() - t0:.0f} s]", flush=True)
         save(False)
     final = save(True)
     sp = final["spearman"]

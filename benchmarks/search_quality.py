@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from archs import HeadSpec, NetSpec, StageSpec, StemSpec, build, count, estimate  # noqa: E402
 from archs.memory import memory  # noqa: E402
 from benchmarks._common import add_common_args, resolve_seeds, write_results  # noqa: E402
-from search.confirm import enqueue_confirmation, rank_candidates  # noqa: E402
+from search.confirm import enqueue_confirmation, fold_of, rank_candidates  # noqa: E402
 from search.space import Budget, SearchSpace, analytic_fits, fit_alpha  # noqa: E402
 from search.study import SearchConfig, quiet_library_warnings, run_search  # noqa: E402
 from training.data import Splits, load_data  # noqa: E402
@@ -129,10 +129,11 @@ def budget_use(budget: Budget, spec: NetSpec) -> float:
 
 def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, final_epochs: int, seed: int,
                  batch_size: int, retrains: int, label_smoothing: float, confirm: float,
-                 rhos: Sequence[float] = (1.0,), tester: Callable[[NetSpec, dict, Splits], dict] | None = None) -> dict:
+                 rhos: Sequence[float] = (1.0,), tester: Callable[[NetSpec, dict, Splits], dict] | None = None,
+                 confirm_folds: int = 1) -> dict:
     """A hand design, its width fitted to the budget, trials tuning learning rate and weight decay (and, when
     several `rhos` are given, the input resolution: alpha is then fitted per rho), picked and tested like a
-    search (`tester`: fp32 retrains by default)."""
+    search (`tester`: fp32 retrains by default; `confirm_folds`: as search.run --confirm-folds)."""
     fitted_at = {rho: fit_alpha(replace(spec, rho=rho), 4.0, analytic_fits(budget), alpha_min=0.02) for rho in rhos}
     fitted_at = {rho: f for rho, f in fitted_at.items() if f is not None}
     if not fitted_at:
@@ -152,11 +153,11 @@ def run_baseline(spec: NetSpec, budget: Budget, data, trials: int, epochs: int, 
                           seed=seed + trial.number, label_smoothing=label_smoothing)
         set_seed(cfg.seed)
         model = build(fitted)
-        d = data.resized(fitted.input_size)
+        d = data.fold(fold_of(trial), confirm_folds, seed).resized(fitted.input_size)
         return fit(model, d.train, d.val, cfg).val_acc
 
     for done in range(trials):  # the search's own selection: confirmations of the leaders, then the best mean
-        enqueue_confirmation(study, study.get_trials(deepcopy=False), done, 0, trials, confirm)
+        enqueue_confirmation(study, study.get_trials(deepcopy=False), done, 0, trials, confirm, confirm_folds)
         study.optimize(objective, n_trials=1)
     best = rank_candidates(study.get_trials(deepcopy=False))[0]
     hp = {k: v for k, v in best.trial.params.items() if k != "rho"}

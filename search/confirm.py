@@ -5,6 +5,10 @@ rate differ by a point or more between seeds), so the best single run is often a
 intensification, leaders are re-evaluated and candidates are ranked by their mean validation accuracy.
 A candidate is a trial's full parameter set (structure, alpha, learning rate, weight decay); a confirmation trial
 repeats it with another seed (seeds follow the trial number) and records which trial it confirms.
+
+With `--confirm-folds K` (K > 1) a confirmation also validates on another fold of train+val
+(`training.data.fold_positions`: fold 0 is the search's own val split, folds 1..K-1 partition the train split), so
+a candidate's mean is taken over more distinct images as well as more seeds; the trial records its fold.
 """
 from __future__ import annotations
 
@@ -19,12 +23,30 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CONFIRMS = "confirms"  # user attribute: the number of the trial whose candidate this trial re-evaluates
+FOLD = "fold"          # user attribute: the fold of train+val a confirmation validates on (absent: 0, val)
 LEADERS = 3            # how many leading candidates share the confirmation trials
 
 
 def candidate_of(t: FrozenTrial) -> int:
     """The trial number that names `t`'s candidate (its own number unless it confirms another trial)."""
     return int(t.user_attrs.get(CONFIRMS, t.number))
+
+
+def fold_of(t: FrozenTrial) -> int:
+    """The fold `t` validates on (0, the search's val split, unless it is a confirmation on another fold)."""
+    return int(t.user_attrs.get(FOLD, 0))
+
+
+def next_fold(trials: Sequence[FrozenTrial], candidate: int, folds: int) -> int:
+    """The fold the next evaluation of `candidate` should validate on: the one of `folds` its evaluations (done,
+    running or queued) have used least, the lowest on a tie; with `folds` 1 always fold 0."""
+    if folds <= 1:
+        return 0
+    used = [0] * folds
+    for t in trials:
+        if candidate_of(t) == candidate and t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING):
+            used[fold_of(t) % folds] += 1
+    return min(range(folds), key=lambda f: (used[f], f))
 
 
 @dataclass
@@ -87,12 +109,16 @@ def next_confirmation(trials: Sequence[FrozenTrial], counted: int, running: int,
 
 
 def enqueue_confirmation(study: optuna.Study, trials: Sequence[FrozenTrial], counted: int, running: int,
-                         n_trials: int, share: float) -> FrozenTrial | None:
-    """Queue the next confirmation (see `next_confirmation`) as the study's next trial; returns the trial it
-    repeats, or None when the next trial should sample a new candidate. Call it under the study lock."""
+                         n_trials: int, share: float, folds: int = 1) -> FrozenTrial | None:
+    """Queue the next confirmation (see `next_confirmation`) as the study's next trial, with `folds` > 1 on the
+    leader's least-used fold (`next_fold`, recorded as `FOLD`); returns the trial it repeats, or None when the next
+    trial should sample a new candidate. Call it under the study lock."""
     leader = next_confirmation(trials, counted, running, n_trials, share)
     if leader is not None:
-        study.enqueue_trial(leader.params, user_attrs={CONFIRMS: leader.number})
+        attrs: dict[str, int] = {CONFIRMS: leader.number}
+        if folds > 1:
+            attrs[FOLD] = next_fold(trials, leader.number, folds)
+        study.enqueue_trial(leader.params, user_attrs=attrs)
     return leader
 
 

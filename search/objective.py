@@ -12,10 +12,10 @@ from optuna.trial import TrialState
 from archs import build, estimate, latency
 from archs.memory import memory, supported
 from archs.spec import POOL_BLOCKS, NetSpec
-from training.data import Splits, TensorData
+from training.data import Splits, TensorData, fold_split
 from training.loop import TrainConfig, TrainingDiverged, fit, set_seed
 
-from .confirm import CONFIRMS
+from .confirm import CONFIRMS, fold_of
 from .space import Budget, DataShape, SearchSpace, analytic_fits, fit_alpha, sample_structure, trial_budget
 from .storage import StorageUnavailable, fail_fast
 from .workers import check_interrupt
@@ -63,26 +63,36 @@ class ParetoStopper:
 
 
 class Objective:
-    """Callable objective; data are loaded once and resized once per input resolution."""
+    """Callable objective; data are loaded once and resized once per input resolution.
+
+    `folds` (--confirm-folds): a confirmation trial that records a fold (search.confirm.FOLD) trains and validates
+    on that fold of train+val (`training.data.fold_split`, seeded by the training seed, i.e. --seed, like the data
+    split); every other trial uses the train and val splits."""
 
     def __init__(self, data: Splits, space: SearchSpace, budget: Budget, objectives: list[str], train: TrainConfig,
                  device: torch.device, teacher: torch.nn.Module | None = None, kd_temperature: float = 4.0,
-                 kd_alpha: float = 0.9, log: Callable[[str], None] | None = None):
-        self.data, self.space, self.budget, self.objectives = data, space, budget, objectives
+                 kd_alpha: float = 0.9, log: Callable[[str], None] | None = None, folds: int = 1):
+        self.data, self.space, self.budget, self.objectives, self.folds = data, space, budget, objectives, folds
         self.train_cfg, self.device, self.teacher = train, device, teacher
         self.kd_temperature, self.kd_alpha = kd_temperature, kd_alpha
         self.log = log or (lambda s: None)
         self.shape = DataShape(data.in_chans, data.resolution, data.num_classes)
         self._cache: dict[int, tuple[TensorData, TensorData]] = {}
+        self._fold_cache: tuple[tuple[int, int], tuple[TensorData, TensorData]] | None = None  # the last fold used
         multi = len(objectives) > 1
         self.stopper = ParetoStopper(COST_OBJECTIVES[objectives[1]], max(1, train.epochs // 2)) if multi else None
 
-    def split(self, size: int) -> tuple[TensorData, TensorData]:
-        """Train and validation tensors at `size` px on the training device (cached)."""
+    def split(self, size: int, fold: int = 0) -> tuple[TensorData, TensorData]:
+        """Train and validation tensors at `size` px on the training device (cached), of fold `fold` of the
+        objective's `folds` (0: the train and val splits)."""
         if size not in self._cache:
             self._cache[size] = (self.data.train.resized(size).to(self.device),
                                  self.data.val.resized(size).to(self.device))
-        return self._cache[size]
+        if fold == 0:
+            return self._cache[size]
+        if self._fold_cache is None or self._fold_cache[0] != (size, fold):  # one fold copy at a time: memory
+            self._fold_cache = ((size, fold), fold_split(*self._cache[size], fold, self.folds, self.train_cfg.seed))
+        return self._fold_cache[1]
 
     def fits(self, spec: NetSpec, budget: Budget | None = None) -> bool:
         """Analytic budgets first (microseconds), then the measured CPU latency budget if any."""
@@ -133,7 +143,10 @@ class Objective:
         trial.set_user_attr("budget_share", self.budget.share(cost, lat, mem))
         trial.set_user_attr("hparams", hp)
         cfg = replace(self.train_cfg, seed=self.train_cfg.seed + trial.number, **hp)
-        train, val = self.split(spec.input_size)
+        fold = fold_of(trial)  # recorded when the confirmation was queued (search.confirm.FOLD)
+        if not 0 <= fold < max(self.folds, 1):
+            raise RuntimeError(f"internal error: trial {trial.number} asks for fold {fold} of {self.folds}")
+        train, val = self.split(spec.input_size, fold)
         curve: list[float] = []
         own_cost = {"mflops": cost.macs / 1e6, "params_count": cost.params, "latency_ms": lat,
                     "sram_kb": mem.arena_bytes / 1024 if mem else nan, "flash_kb": mem.flash_bytes / 1024 if mem else nan}

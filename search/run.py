@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--confirm", type=float, default=SearchConfig.confirm,
                    help="share of --trials spent re-training the 3 leading candidates with new seeds; candidates "
                         "are ranked by mean validation accuracy over their runs (0 = off; single objective only)")
+    g.add_argument("--confirm-folds", type=int, default=SearchConfig.confirm_folds,
+                   help="K > 1: confirmation trials also validate on other folds of train+val (K folds, fold 0 = the "
+                        "validation split), so a candidate's mean covers more distinct images (1 = the validation "
+                        "split only)")
     g.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="Optuna sampler")
     g.add_argument("--screen", type=int, default=SearchConfig.screen,
                    help="each new trial trains the best of this many random budget-fitted candidates by a zero-cost "
@@ -140,8 +144,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         quiet=args.quiet, distill_from=args.distill_from, kd_temperature=args.temperature, kd_alpha=args.kd_alpha,
         lr=args.lr, weight_decay=args.weight_decay, n_workers=args.n_workers,
         threads=args.threads, warm_start=args.warm_start, augment=args.augment, label_smoothing=args.label_smoothing,
-        confirm=args.confirm, storage_timeout=args.storage_timeout, width=args.width, screen=args.screen,
-        screen_proxy=args.screen_proxy)
+        confirm=args.confirm, confirm_folds=args.confirm_folds, storage_timeout=args.storage_timeout, width=args.width,
+        screen=args.screen, screen_proxy=args.screen_proxy)
 
 
 def _kb(v) -> str:

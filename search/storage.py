@@ -165,10 +165,11 @@ class RetryLostTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
     The stock callback copies the lost trial's user attributes (partial learning curve, fail reason) into the
     retry; this one starts the retry clean, records `retry_of` (the number of the lost trial) and keeps only what
-    says why the trial was queued: its warm-start template, or the trial it confirms (search.confirm).
+    says why the trial was queued: its warm-start template, or the trial it confirms and the fold it validates on
+    (search.confirm).
     """
 
-    KEEP = ("template", "confirms")
+    KEEP = ("template", "confirms", "fold")
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]

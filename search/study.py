@@ -26,7 +26,7 @@ from archs.spec import NetSpec
 from training.data import AUGMENTS, Splits, load_data
 from training.loop import TrainConfig, evaluate, fit, resolve_device, set_seed
 
-from .confirm import CONFIRMS, enqueue_confirmation, rank_candidates
+from .confirm import CONFIRMS, FOLD, enqueue_confirmation, rank_candidates
 from .objective import LATENCY_MARGIN, Objective, TrialFailed, latency_fit_target
 from .results import fmt_pct, save_winner, write_config, write_trials_csv
 from .space import Budget, DataShape, SearchSpace, check_feasible, warm_start_trials
@@ -83,6 +83,7 @@ class SearchConfig:
     augment: str = "auto"              # "auto" = what suits the data set (training.data.DATASETS), or AUGMENTS
     label_smoothing: float = 0.1       # trials and final retrains; 0 = plain cross-entropy
     confirm: float = 0.2               # share of --trials re-training the leaders with new seeds (search.confirm)
+    confirm_folds: int = 1             # >1: confirmations validate on other folds of train+val (search.confirm)
     width: str = "alpha"               # what the sampler chooses for the width (search.space.SearchSpace.width)
     screen: int = 0                    # >0: each new trial trains the best of this many random candidates by a proxy
     screen_proxy: str = "params"       # search.proxies.PROXIES; "-NAME" prefers low scores
@@ -137,6 +138,9 @@ class SearchConfig:
         c = self.confirm
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 0.5:
             raise UserError(f"--confirm must be a share of --trials in [0, 0.5], got {c!r}")
+        k = self.confirm_folds
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
+            raise UserError(f"--confirm-folds must be an integer from 1 to 20 (folds of train+val), got {k!r}")
         if self.pruner not in ("median", "hyperband", "none"):
             raise UserError(f"--pruner must be median, hyperband or none, got {self.pruner!r}")
         obj = self.objectives
@@ -221,13 +225,14 @@ def sampler_seed(cfg: SearchConfig, ordinal: int) -> int:
 
 
 #: SearchConfig fields that define what a study measures: every worker and every --resume must agree on them
-#: (the data split, the trials' initial weights and the confirmation seeds follow --seed, so it is one of them).
+#: (the data split, the trials' initial weights and the confirmation seeds follow --seed, so it is one of them;
+#: --confirm-folds sets the folds a confirmation may validate on, so it is one too).
 #: The others (--trials, --confirm, --timeout, --final-epochs, --top-k, --n-workers, --threads, --device, --out,
 #: --quiet, --storage-timeout, --data-dir, --download, --no-warm-start) may differ between workers and runs.
 STUDY_SETTINGS = ("budget_mflops", "budget_params", "budget_latency_ms", "budget_sram_kb", "budget_flash_kb",
                   "dataset", "image_size", "objectives", "space", "max_stages", "rho", "epochs", "batch_size", "lr",
                   "weight_decay", "augment", "label_smoothing", "sampler", "pruner", "distill_from", "kd_temperature",
-                  "kd_alpha", "seed", "width", "screen", "screen_proxy")
+                  "kd_alpha", "seed", "width", "screen", "screen_proxy", "confirm_folds")
 SETTINGS_ATTR = "edgenas_settings"
 WORKERS_ATTR = "edgenas_workers"
 _FLAG = {"kd_temperature": "temperature"}
@@ -345,7 +350,8 @@ def trial_line(t: FrozenTrial) -> str:
     if "mflops" not in a:
         return f"{head} {a.get('fail_reason', '')}"
     acc = a.get("val_acc") or (a.get("curve") or [None])[-1]
-    why = a.get("fail_reason") or (f"re-run of trial {a[CONFIRMS]} (confirmation)" if CONFIRMS in a else "")
+    fold = f", fold {a[FOLD]}" if FOLD in a else ""
+    why = a.get("fail_reason") or (f"re-run of trial {a[CONFIRMS]} (confirmation{fold})" if CONFIRMS in a else "")
     return (f"{head} val {fmt_pct(acc):>7s}  {a['mflops']:.4f} MFLOPs  {a['params_count']:>8,} params  "
             f"{a['latency_ms']:.2f} ms  {a['blocks']:<18s} {why}").rstrip()
 
@@ -419,7 +425,7 @@ def run_search(cfg: SearchConfig, data: Splits | None = None, worker: bool = Fal
 
     def make_objective() -> Objective:
         return Objective(data, space, cfg.budget, cfg.objectives, train_config(cfg, device, data, cfg.epochs),
-                         device, teacher, cfg.kd_temperature, cfg.kd_alpha, log)
+                         device, teacher, cfg.kd_temperature, cfg.kd_alpha, log, folds=cfg.confirm_folds)
 
     if cfg.n_workers > 1 and not joining:
         run_local_workers(study, cfg, d, lock, make_objective)
@@ -510,7 +516,7 @@ def run_trials(study: optuna.Study, objective: Objective, cfg: SearchConfig, d: 
     screen = make_screen(objective, cfg, cfg.seed if screen_seed is None else screen_seed) if cfg.screen else None
 
     def before_ask(trials: list[FrozenTrial], counted: int, running: int) -> None:
-        leader = enqueue_confirmation(study, trials, counted, running, cfg.trials, cfg.confirm)
+        leader = enqueue_confirmation(study, trials, counted, running, cfg.trials, cfg.confirm, cfg.confirm_folds)
         if screen is not None and leader is None and not any(t.state == TrialState.WAITING for t in trials):
             params = screen.propose()
             if params is not None:

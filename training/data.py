@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from archs.errors import UserError
 
 __all__ = ["TensorData", "Splits", "DatasetInfo", "DATASETS", "AUGMENTS", "load_data", "dataset_info",
-           "default_data_dir"]
+           "default_data_dir", "fold_positions", "fold_split"]
 
 AUGMENTS = ("none", "crop", "crop_flip")
 
@@ -131,6 +131,14 @@ class Splits:
         """Train and val together, for the final retraining of winners (normalization stays the train split's)."""
         return TensorData.cat(self.train, self.val)
 
+    def fold(self, index: int, folds: int, seed: int) -> "Splits":
+        """Fold `index` of `folds` folds of train+val as the validation split and the rest as train (`fold_split`;
+        fold 0 is `self`); the test split and the normalization stay."""
+        from dataclasses import replace
+
+        train, val = fold_split(self.train, self.val, index, folds, seed)
+        return self if index == 0 else replace(self, train=train, val=val)
+
     def resized(self, size: int) -> "Splits":
         """All three splits resized to size×size."""
         from dataclasses import replace
@@ -204,6 +212,45 @@ def _split(y: np.ndarray, fraction: float, seed: int, *, what: str) -> tuple[np.
         warnings.warn(f"too few images per class to stratify the {what} split; splitting at random", stacklevel=3)
         keep, take = train_test_split(idx, test_size=fraction, random_state=seed)
     return np.sort(keep), np.sort(take)
+
+
+def fold_positions(y_train: np.ndarray, n_val: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Positions in train+val (train first, then val, as `Splits.trainval`) of `folds` disjoint validation folds
+    that together cover it: fold 0 is the val split itself, folds 1..folds-1 a seeded partition of the train split,
+    stratified by label when possible. Each fold is sorted. With val a 1/`folds` share of train+val (val fraction 0.2
+    and 5 folds) every fold has the val split's size, so every fold trains on as many images as the search does."""
+    y_train = np.asarray(y_train)
+    n_train = len(y_train)
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
+        raise UserError(f"the number of folds must be an integer >= 1, got {folds!r}")
+    if folds > 1 and (n_val == 0 or n_train < folds - 1):
+        raise UserError(f"{folds} folds need a validation split and at least {folds - 1} training images "
+                        f"(have {n_val} and {n_train})")
+    out = [np.arange(n_train, n_train + n_val)]
+    if folds == 2:
+        out.append(np.arange(n_train))
+    elif folds > 2:
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        counts = np.bincount(y_train) if n_train and y_train.min() >= 0 else np.zeros(0)
+        kw = dict(n_splits=folds - 1, shuffle=True, random_state=seed)
+        kf = (StratifiedKFold(**kw) if len(counts) and counts[counts > 0].min() >= folds - 1 else KFold(**kw))
+        out += [np.sort(take) for _, take in kf.split(np.zeros(n_train), y_train)]
+    return out
+
+
+def fold_split(train: TensorData, val: TensorData, index: int, folds: int, seed: int) -> tuple[TensorData, TensorData]:
+    """(train, val) of fold `index` of `fold_positions` over `train` + `val`: that fold validates, the rest trains
+    (fold 0: `train` and `val` themselves). Labels are read on the CPU; the tensors stay on their device."""
+    if not 0 <= index < max(folds, 1):
+        raise ValueError(f"fold {index} is not one of {folds} folds")
+    if index == 0:
+        return train, val
+    pos = fold_positions(train.y.cpu().numpy(), len(val), folds, seed)[index]
+    both = TensorData.cat(train, val)
+    keep = np.ones(len(both), dtype=bool)
+    keep[pos] = False
+    return both.subset(keep), both.subset(pos)
 
 
 def _limit(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
