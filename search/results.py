@@ -18,7 +18,7 @@ from .confirm import candidate_of, rank_candidates
 
 #: user attributes every trial records, in table order
 TRIAL_ATTRS = ("spec", "template", "confirms", "blocks", "depth", "resolution", "alpha", "rho", "mflops", "params_count",
-               "latency_ms", "sram_kb", "arena_kb", "flash_kb", "budget_share", "val_acc", "best_val_acc", "epochs_run",
+               "latency_ms", "sram_kb", "arena_kb", "flash_kb", "budget_share", "fold", "val_acc", "best_val_acc", "epochs_run",
                "train_seconds", "fail_reason")
 #: derived columns: `infeasible` (sampled, never trained), `last_val_acc` (last epoch reached, also for pruned
 #: trials), `candidate_val_acc` / `candidate_evals`: mean validation accuracy of the trial's candidate over its

@@ -269,7 +269,9 @@ def check_settings(study: optuna.Study, cfg: SearchConfig, lock: StudyLock, lega
         if theirs is None:
             study.set_user_attr(SETTINGS_ATTR, mine)
             return
-    diff = [k for k in STUDY_SETTINGS if k in theirs and _norm(theirs[k]) != _norm(mine[k])]
+    # a setting the study did not record was added to edgenas later: the study ran with its default
+    theirs = {**study_settings(SearchConfig()), **theirs}
+    diff = [k for k in STUDY_SETTINGS if _norm(theirs[k]) != _norm(mine[k])]
     if diff:
         what = ", ".join(f"{_show(k, theirs[k])} (now {_show(k, mine[k]).split(' ', 1)[1]})" for k in diff)
         raise UserError(f"study {cfg.study_name!r} was made with other settings: {what}; rerun with the study's "

@@ -534,3 +534,23 @@ def test_threshold_quality_of_50_is_refused():
     with pytest.raises(UserError, match=r"q = 50 .*removes practically every weight"):
         check_ratio("threshold", 50)
     assert check_ratio("threshold", 3) == 3
+
+
+def test_a_setting_added_later_counts_at_its_default_for_an_older_study():
+    """A study recorded before --confirm-folds / --screen / the MCU budgets existed ran with their defaults: a
+    --resume that asks for another value is refused, the default is accepted."""
+    import contextlib
+
+    from archs.errors import UserError
+    from search.study import SETTINGS_ATTR, SearchConfig, check_settings, study_settings
+
+    study = optuna.create_study()
+    old = study_settings(SearchConfig(budget_mflops=0.02))
+    for k in ("confirm_folds", "screen", "screen_proxy", "budget_sram_kb"):
+        del old[k]
+    study.set_user_attr(SETTINGS_ATTR, old)
+    check_settings(study, SearchConfig(budget_mflops=0.02), contextlib.nullcontext, None)
+    with pytest.raises(UserError, match=r"--confirm-folds 1 \(now 5\)"):
+        check_settings(study, SearchConfig(budget_mflops=0.02, confirm_folds=5), contextlib.nullcontext, None)
+    with pytest.raises(UserError, match=r"--budget-sram-kb None \(now 64\)"):
+        check_settings(study, SearchConfig(budget_mflops=0.02, budget_sram_kb=64), contextlib.nullcontext, None)
