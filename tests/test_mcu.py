@@ -97,6 +97,35 @@ def test_converted_graph_equals_the_exported_file(spec, ops, head):
     assert m.activation_bytes == head
 
 
+# padded max pools: (spec, QUANTIZE ops in the file export_int8 wrote, TFLM's head), development specs. The
+# shared pad value is requantized once per other input scale; max pools, PADV2s and unpadded average pools keep
+# their input's scale, a conv does not, a padded average pool may (calibration) and is counted as not (safe)
+_PAD_VALUES = [
+    ("c10_i1_r16_a1.0_p1.0_d4_relu | stem8k3s1 | maxpoolk2s2(ceil_mode=F,padding=1) | "
+     "maxpoolk2s2(ceil_mode=F,padding=1) | head:pool", 0, 4640),
+    ("c10_i1_r16_a1.0_p1.0_d4_relu | stem8k3s1 | maxpoolk2s2(ceil_mode=F,padding=1) | conv8k3s1 | "
+     "maxpoolk2s2(ceil_mode=F,padding=1) | head:pool", 1, 4656),
+    ("c10_i1_r16_a1.0_p1.0_d4_relu | stem8k3s1 | maxpoolk3s1(ceil_mode=F,padding=1) | "
+     "maxpoolk3s2(ceil_mode=F,padding=1) | conv8k3s1 | maxpoolk3s2(ceil_mode=F,padding=1) | head:pool", 1, 4656),
+    ("c10_i3_r16_a1.0_p1.0_d4_relu6 | stem8k3s1 | maxpoolk2s2(ceil_mode=T,padding=1) | avgpoolk2s1(padding=0) | "
+     "maxpoolk2s2(ceil_mode=F,padding=1) | head:pool", 0, 4640),
+    ("c10_i3_r16_a1.0_p1.0_d4_relu6 | stem8k3s1 | maxpoolk2s2(ceil_mode=T,padding=1) | avgpoolk3s1(padding=1) | "
+     "maxpoolk2s2(ceil_mode=F,padding=1) | head:pool", 0, 4640),
+]
+
+
+@pytest.mark.parametrize("spec,quantize,head", _PAD_VALUES,
+                         ids=["pool-pool", "pool-conv-pool", "pool-pool-conv-pool", "pool-avgpool-pool",
+                              "pool-padded-avgpool-pool"])
+def test_pad_value_requantized_once_per_other_scale(spec, quantize, head):
+    m = memory(NetSpec.from_string(spec))
+    n = [x.op for x in m.layers].count("QUANTIZE")
+    if "avgpoolk3s1(padding=1)" in spec:  # the scale may or may not differ: one QUANTIZE (16 bytes) too many
+        assert (n, m.activation_bytes) == (quantize + 1, head + 16)
+    else:
+        assert (n, m.activation_bytes) == (quantize, head)
+
+
 # shortcut 'A' (x[:, :, ::s, ::s], then F.pad of the channels; compress.tflite keeps the pad in NHWC): (spec, the
 # file's [(op, output bytes)], its tensor count, TFLM's head, TFLM's tensor arena = the larger of its total and the
 # smallest arena it accepted, the file's bytes), from export_int8 + TFLM (tflite-micro) on these development specs
