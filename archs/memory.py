@@ -307,33 +307,69 @@ def memory(spec: NetSpec) -> Memory:
                   peak, bound, planning_room(g), g.ops, g.size, live)
 
 
-#: bytes of TFLM's structs on the host build of tflite-micro (64-bit; a 32-bit MCU needs less): a scratch-buffer
-#: request, an AllocationInfo per tensor and request, the greedy planner's arrays per planned buffer, a temporary
-#: TfLiteTensor, its TfLiteAffineQuantization; and the persistent input / output tensors made after planning
-_REQUEST, _ALLOC_INFO, _PLANNER_BUFFER, _TEMP_TENSOR, _TEMP_QUANT, _AFTER_PLAN = 16, 32, 40, 64, 24, 192
-_MAX_REQUESTS_PER_OP = 12  # kMaxScratchBuffersPerOp: the head reserves room for that many more requests
+#: sizes (bytes) of what TFLM (host build of tflite-micro, 64-bit) allocates for planning, as the C++ structs are:
+#: `internal::ScratchBufferRequest` (size_t bytes, int node, int subgraph), `AllocationInfo` (size, output pointer,
+#: first / last use, offline offset, needs_allocating: 8-aligned), the 8-byte subgraph offset array, the greedy
+#: planner's arrays per planned buffer (`BufferRequirements` 16 + sorted size, sorted id, `ListEntry` 12, offset)
+_REQUEST, _ALLOC_INFO, _SUBGRAPH_OFFSETS, _PLANNER_BUFFER = 16, 32, 8, 40
+_MAX_REQUESTS_PER_OP = 12  # kMaxScratchBuffersPerOp: the head always keeps room for that many more requests
+#: a temporary TfLiteTensor (64 bytes, 8-aligned), its TfLiteAffineQuantization (24: scale and zero-point
+#: pointers, quantized dimension) and its zero-point TfLiteIntArray (4 bytes + 4 per channel; scales are not
+#: copied): 96 bytes for a per-tensor quantized one; a scratch-buffer handle (a pointer)
+_TEMP_TENSOR, _TEMP_QUANT, _INT_ARRAY, _HANDLE = 64, 24, 4, 8
+_TEMP_SCALAR = 96
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+#: what the interpreter adds to the tail after planning, which the arena need not hold while planning: for the
+#: input and for the output a pointer array (8 bytes, 16-aligned) and a persistent TfLiteTensor with its
+#: quantization (64 + 24 + 8): 224 bytes, or 208 when the tail is 8 mod 16 there (an odd number of scratch-buffer
+#: handles), the smaller taken
+_AFTER_PLAN = 208
 
 
 def planning_room(g: Graph) -> int:
-    """Temporary bytes TFLM needs at the head of the arena before the plan (tail already allocated):
-    - while planning (micro_allocator.cc CommitStaticMemoryPlan): the scratch-buffer requests, one AllocationInfo
-      per tensor and request, and the greedy planner's arrays ("Too many buffers" otherwise) for every planned
-      buffer; less the persistent input / output tensors the interpreter adds to the tail afterwards;
-    - while a kernel prepares: the requests so far and the temporary tensors of its input, output, weights and
-      bias (per-channel zero points and scales copied: 8 bytes per channel each).
-    The arena must hold the tail and the larger of this and the planned activations."""
+    """Head bytes TFLM needs before the plan exists, beyond the final tail less what is added to it later:
+    - while planning (micro_allocator.cc CommitStaticMemoryPlan; the tail lacks only `_AFTER_PLAN`): the
+      scratch-buffer requests with room for 12 more (16-aligned), then temporarily the subgraph offsets and one
+      AllocationInfo per tensor and request, and, from the next 16-byte boundary, the greedy planner's arrays for
+      every planned buffer (activations and requests): `GreedyMemoryPlanner` refuses "Too many buffers" when the
+      rest of the arena holds fewer;
+    - while a conv / depthwise kernel prepares (kernels/conv_common.cc ConvPrepare, then CalculateOpDataConv):
+      the requests of the ops before it (with 12 spare) and seven temporary tensors, as the temp section is only
+      reset once the kernel is done (output, input, weights, then input, weights, bias, output again; weights and
+      bias with one zero point per output channel); the tail then lacks `_AFTER_PLAN`, the scratch-buffer handles
+      (8 bytes per request) and the two per-channel int32 arrays (16-aligned) of every later weighted op. A fully
+      connected kernel is counted the same (it holds four temporary tensors: a bound); others hold fewer.
+    The arena must hold the tail and the larger of this and the planned activations (`Memory.arena_bytes`)."""
     n_req = len(g.scratch)
-    n_tensors = len(g.size) + g.n_const
-    requests = _align16(_REQUEST * (n_req + _MAX_REQUESTS_PER_OP))
-    plan = requests + _align16(_ALLOC_INFO * (n_tensors + n_req)) + _PLANNER_BUFFER * (len(g.size) + n_req) \
-        - _AFTER_PLAN
-    quant = _TEMP_TENSOR + _TEMP_QUANT + 16
-    prepare = requests + 2 * quant + 2 * (quant + 8 * g.max_channels)
-    return max(plan, prepare)
+    requests = _REQUEST * (n_req + _MAX_REQUESTS_PER_OP)
+    infos = _ALLOC_INFO * (len(g.size) + g.n_const + n_req)
+    plan = _align16(requests + _SUBGRAPH_OFFSETS + infos) + _PLANNER_BUFFER * (len(g.size) + n_req)
+    return max(plan, _prepare_room(g)) - _AFTER_PLAN
+
+
+def _prepare_room(g: Graph) -> int:
+    """The most head bytes a weighted kernel's preparation needs, less the tail it does not see yet (see planning_room)."""
+    n_req = len(g.scratch)
+    weighted = [i for i, op in enumerate(g.ops, 1) if op[0] in _WEIGHTED]
+    channels = [b[1] for b in g.biases]  # one bias per weighted op, in op order
+    if len(channels) != len(weighted):  # a weighted op without a bias: the bound over the whole network
+        weighted, channels = [len(g.ops) + 1], [g.max_channels]
+    later = 0    # per-channel arrays of the weighted ops after this one
+    room = 0
+    for op, ch in zip(reversed(weighted), reversed(channels)):
+        before = sum(1 for i, _ in g.scratch if i < op)
+        temps = 4 * _TEMP_SCALAR + 3 * _align8(_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1))
+        room = max(room, _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later)
+        later += 2 * _align16(4 * ch)
+    return room - _HANDLE * n_req
 
 
 def _align16(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+def _align8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -225,6 +225,39 @@ def test_reduce_ops_get_tflm_scratch_buffers_and_tiny_nets_planning_room():
     assert m.activation_bytes == 1312 and m.arena_bytes >= 22976
 
 
+#: development networks (hand-written 8 px probes and specgen seed 60) whose smallest arena TFLM accepts
+#: (`compress.tflite.smallest_arena`, bytes) is above its recording allocator's total: the planning room binds,
+#: while planning (many tensors) or while a wide conv prepares (few tensors, many channels)
+_PLANNING_BOUND = [
+    ("c10_i1_r8_a0.5_p1.0_d4_relu | stem8k3s1 | ir16k3s2n3(expand=2,se=0.25) | ghost16k3s1n2(se=0.25) | head:pool",
+     22976),
+    ("c10_i1_r8_a0.5_p1.0_d4_silu | stem8k3s1 | ghost16k3s1n3(se=0.25) | head:pool", 21168),
+    ("c10_i1_r8_a0.5_p1.0_d4_relu | stem8k3s2 | fire16k3s1n2 | ghost16k3s1n2(se=0.25) | head:flatten", 15808),
+    ("c10_i1_r8_a1.334_p0.75_d8_hardswish | stem24k5s2 | basic32k3s2!(shortcut=A) | head:pool", 5664),
+    ("c10_i1_r8_a8.0_p1.0_d4_relu | stem8k3s2 | conv32k3s2 | head:pool", 8240),
+    ("c10_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv256k1s2 | head:pool", 7632),
+    ("c10_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv512k1s2 | head:pool", 12752),
+    ("c10_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv96k3s2 | dws192k3s2 | head:pool", 8688),
+    ("c10_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv200k1s2 | head:flatten", 6608),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv64k3s2 | head:pool", 3952),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | conv32k3s1 | head:pool", 3152),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem16k3s2 | dws128k3s2 | head:pool", 5664),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | lowrank96k3s2 | head:pool", 5056),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | fire64k3s2 | head:pool", 4688),
+    ("c2_i1_r8_a1.0_p1.0_d8_relu | stem8k3s2 | ghost96k3s2 | head:pool", 8320),
+    ("c2_i1_r8_a0.5_p1.0_d8_relu | stem8k3s2 | maxpoolk2s2 | conv48k3s1 | head:flatten", 3248),
+]
+
+
+@pytest.mark.parametrize("spec,need", _PLANNING_BOUND)
+def test_planning_room_gives_the_smallest_arena_tflm_accepts(spec, need):
+    """Where TFLM's planning room binds, the tensor arena is never below the smallest arena TFLM accepted and
+    within 2 % of it (the rest is the fitted tail's margin)."""
+    m = memory(NetSpec.from_string(spec))
+    assert m.planning_bytes > m.activation_bytes
+    assert need <= m.arena_bytes <= 1.02 * need, (m.arena_bytes, need)
+
+
 def test_greedy_planner_follows_tflm_and_can_pack_worse_than_the_live_bound():
     # (size, first op, last op): a and b overlap in time, c only with b, d only with a
     assert greedy_arena([(32, 0, 1), (32, 1, 2), (16, 2, 3)]) == 64
