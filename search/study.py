@@ -295,6 +295,11 @@ def register_worker(study: optuna.Study, lock: StudyLock) -> int:
     return n
 
 
+#: seconds after a study folder is made during which an identical command without --resume joins it while no trial
+#: has finished (commands started together); otherwise an existing folder needs --resume
+JOIN_WINDOW_S = 60.0
+
+
 def open_study(cfg: SearchConfig, joining: bool = False) -> optuna.Study:
     """Create the study (or load it with --resume); refuse to silently reuse an existing study folder.
 
@@ -304,8 +309,13 @@ def open_study(cfg: SearchConfig, joining: bool = False) -> optuna.Study:
     d = study_dir(cfg)
     shared = bool(cfg.storage)
     existing = (d / "config.json").exists()
+    # several identical commands started together: the first writes config.json before the last has looked, so a
+    # folder made within JOIN_WINDOW_S that has no finished trial yet (no trials.csv) is joined; check_settings
+    # below still refuses other settings
+    together = existing and not (d / "trials.csv").exists() and \
+        time.time() - (d / "config.json").stat().st_mtime < JOIN_WINDOW_S
     if not joining:
-        if existing and not cfg.resume and not shared:
+        if existing and not cfg.resume and not shared and not together:
             raise UserError(f"study folder {d} already exists; add --resume to continue it or pick another "
                             "--study-name")
         if cfg.resume and not shared and not existing:
