@@ -67,6 +67,17 @@ def os_error_line(e: OSError, again: str = ", then run the command again") -> st
     return f"{where}{cause}{hint}"
 
 
+def forget_caught_keyboard_interrupt() -> None:
+    """Make the exit code we choose stick after a Ctrl-C / SIGTERM we handled.
+
+    Under `python -m` (and `-c`, which runs spawned workers), a KeyboardInterrupt that passed through code run by
+    `exec`/`eval` of a string (dataclasses, namedtuple, lazily imported modules) sets CPython's "unhandled
+    KeyboardInterrupt" flag even though we caught it, and the interpreter then kills itself with SIGINT at exit
+    instead of exiting 143/130. Each `exec` of a string clears that flag when it starts, so an empty one does.
+    """
+    exec("pass")  # noqa: S102 - a constant string: clears _PyRuntime.signals.unhandled_keyboard_interrupt
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "edgenas",
             resume_hint: str = "") -> None:
     """Run a CLI `main`; user mistakes and file-system errors of the user's environment (full disk, read-only or
@@ -86,5 +97,6 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         how = "terminated (SIGTERM)" if stopped_by_sigterm() else "interrupted"
         print(f"{prog}: {how}; finished work is saved{resume_hint}", file=sys.stderr)
+        forget_caught_keyboard_interrupt()
         sys.exit(143 if stopped_by_sigterm() else 130)
     sys.exit(rc or 0)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from archs import Cost, build, count, latency
 from archs.cli import progress
-from archs.errors import UserError
+from archs.errors import UserError, forget_caught_keyboard_interrupt
 from archs.memory import memory, supported
 from archs.preprocess import PREPROCESSING_KEY, Preprocessing
 from archs.spec import NetSpec
@@ -619,6 +619,7 @@ def _worker_process(cfg_dict: dict[str, Any], n_workers: int, parent_pid: int, i
         results.put((index, "error", mask(str(e))))
         sys.exit(2)
     except KeyboardInterrupt:
+        forget_caught_keyboard_interrupt()
         sys.exit(stop_exit_code())
 
 

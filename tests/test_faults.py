@@ -185,6 +185,29 @@ def test_sigterm_records_the_trial_exits_143_and_resume_finishes(tmp_path: Path)
     check_intact(study_trials(sqlite_storage(d), "t"), d / "trials.csv", allow_interrupted=True)
 
 
+@pytest.mark.parametrize("how,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_caught_inside_exec_still_exits_with_its_code(tmp_path: Path, how: str, code: int):
+    """CPython's -m mode kills itself with SIGINT at exit (returncode -2) after a KeyboardInterrupt that passed
+    through exec/eval of a string, even a caught one: the stop signal lands there at random (a lazy import's
+    dataclass), which once made the SIGTERM test above fail in CI."""
+    import sys
+
+    (tmp_path / "stopped_in_exec.py").write_text(
+        "import signal\n"
+        "from archs.errors import note_stop_signal, run_cli\n"
+        "def main(argv):\n"
+        f"    note_stop_signal(signal.{how})\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "if __name__ == '__main__':\n"
+        "    run_cli(main, prog='stopped', resume_hint=', rerun with --resume to continue')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    r = subprocess.run([sys.executable, "-m", "stopped_in_exec"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.strip().startswith("stopped: ") and "--resume" in r.stderr
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
