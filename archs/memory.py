@@ -338,7 +338,8 @@ def planning_room(g: Graph) -> int:
       reset once the kernel is done (output, input, weights, then input, weights, bias, output again; weights and
       bias with one zero point per output channel); the tail then lacks `_AFTER_PLAN`, the scratch-buffer handles
       (8 bytes per request) and the two per-channel int32 arrays (16-aligned) of every later weighted op. A fully
-      connected kernel is counted the same (it holds four temporary tensors: a bound); others hold fewer.
+      connected kernel (kernels/fully_connected.cc FullyConnectedPrepare) holds four: input, weights, bias,
+      output; other kernels hold fewer.
     The arena must hold the tail and the larger of this and the planned activations (`Memory.arena_bytes`)."""
     n_req = len(g.scratch)
     requests = _REQUEST * (n_req + _MAX_REQUESTS_PER_OP)
@@ -350,15 +351,16 @@ def planning_room(g: Graph) -> int:
 def _prepare_room(g: Graph) -> int:
     """The most head bytes a weighted kernel's preparation needs, less the tail it does not see yet (see planning_room)."""
     n_req = len(g.scratch)
-    weighted = [i for i, op in enumerate(g.ops, 1) if op[0] in _WEIGHTED]
+    weighted = [(i, op[0] == "FULLY_CONNECTED") for i, op in enumerate(g.ops, 1) if op[0] in _WEIGHTED]
     channels = [b[1] for b in g.biases]  # one bias per weighted op, in op order
     if len(channels) != len(weighted):  # a weighted op without a bias: the bound over the whole network
-        weighted, channels = [len(g.ops) + 1], [g.max_channels]
+        weighted, channels = [(len(g.ops) + 1, False)], [g.max_channels]
     later = 0    # per-channel arrays of the weighted ops after this one
     room = 0
-    for op, ch in zip(reversed(weighted), reversed(channels)):
+    for (op, fc), ch in zip(reversed(weighted), reversed(channels)):
         before = sum(1 for i, _ in g.scratch if i < op)
-        temps = 4 * _TEMP_SCALAR + 3 * _align8(_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1))
+        per_channel = _align8(_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1))
+        temps = 2 * _TEMP_SCALAR + 2 * per_channel if fc else 4 * _TEMP_SCALAR + 3 * per_channel
         room = max(room, _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later)
         later += 2 * _align16(4 * ch)
     return room - _HANDLE * n_req

@@ -39,7 +39,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -62,9 +62,32 @@ from search.workers import is_counted  # noqa: E402
 from search_quality import baselines, final_tests, run_baseline  # noqa: E402
 from training.data import load_data  # noqa: E402
 
-#: name -> (MFLOPs, params, rho choices): the tight 8x8 budget of search_quality.py, and a 12x12 one (rho 1.5)
-#: with a few thousand parameters
-BUDGETS = {"8x8": (0.02, 1000, (1.0,)), "12x12": (0.1, 4000, (1.5,))}
+@dataclass(frozen=True)
+class BenchBudget:
+    """One budget of the benchmark: the search's hard limits and the input resolution multipliers rho it allows."""
+
+    budget: Budget
+    rho: tuple[float, ...]
+
+    def describe(self) -> str:
+        b, parts = self.budget, []
+        if b.mflops is not None:
+            parts.append(f"{b.mflops:g} MFLOPs (fvcore MACs)")
+        if b.params is not None:
+            parts.append(f"{b.params:,.0f} params")
+        if b.mcu:
+            parts.append(f"TFLM arena {b.sram_kb:g} kB, flash {b.flash_kb:g} kB (1 kB = 1,024 bytes)")
+        return ", ".join(parts) + f", rho {'/'.join(f'{r:g}' for r in self.rho)}"
+
+
+#: the tight 8x8 budget of search_quality.py; a 12x12 one (rho 1.5) with a few thousand parameters; and a
+#: microcontroller one: 8 kB of TFLM tensor arena and 16 kB of int8 flash, rho 1 / 1.5 / 2 / 3 (8 to 24 px) as in
+#: benchmarks/mcu_search.py. Chosen before any training from `mcu_search.py --fits --budgets 8:16` (archs.memory):
+#: it binds the LeNet-style design at every rho (alpha 2.87 at 8 px down to 1.11 at 24 px; flash binds at the
+#: small inputs, the arena at the large ones), where mcu_search's 16:64 leaves it at its widest up to 16 px
+BUDGETS = {"8x8": BenchBudget(Budget(mflops=0.02, params=1000), (1.0,)),
+           "12x12": BenchBudget(Budget(mflops=0.1, params=4000), (1.5,)),
+           "mcu": BenchBudget(Budget(sram_kb=8, flash_kb=16), (1.0, 1.5, 2.0, 3.0))}
 METHODS = ("tpe", "tpe-univariate", "random", "gp", "hyperband", "tpe-share", "screen-naswot", "screen-params",
            "screen--naswot", "lenet-style")
 #: what a run measures unless --methods says otherwise (screen-params and screen--naswot were added after the
@@ -115,7 +138,8 @@ def run_study(method: str, budget: Budget, rho: tuple[float, ...], data, args, s
     trials = args.trials
     method = base_method(method)
     space = SearchSpace(rho=rho, width="share" if method == "tpe-share" else "alpha")
-    cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, epochs=args.epochs,
+    cfg = SearchConfig(budget_mflops=budget.mflops, budget_params=budget.params, budget_sram_kb=budget.sram_kb,
+                       budget_flash_kb=budget.flash_kb, epochs=args.epochs,
                        batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=seed, device="cpu")
 
     def pruner() -> optuna.pruners.BasePruner:
@@ -242,8 +266,7 @@ def proxy_scores(rows: list[dict], data, seed: int) -> None:
 def run_one(budget_name: str, seed: int, methods: list[str], args) -> list[dict]:
     """One (budget, seed) and methods that differ only in their selection rule (e.g. tpe and tpe-cv): each one's
     study (or hand design), its pick's test accuracy and proxy scores."""
-    mflops, params, rho = BUDGETS[budget_name]
-    budget = Budget(mflops=mflops, params=params)
+    budget, rho = BUDGETS[budget_name].budget, BUDGETS[budget_name].rho
     data = load_data("digits", seed=seed)
     base = {base_method(m) for m in methods}
     assert len(base) == 1, methods
@@ -285,12 +308,12 @@ def run_one(budget_name: str, seed: int, methods: list[str], args) -> list[dict]
 def alpha_replaced(budget_name: str, draws: int = 1000, seed: int = 0) -> dict:
     """How often the bisection replaces the sampled alpha (default --width alpha), over random draws of the space:
     the share of feasible draws whose fitted alpha is below the sampled one, and the median fitted / sampled."""
-    mflops, params, rho = BUDGETS[budget_name]
+    bb = BUDGETS[budget_name]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     ratios = []
     for _ in range(draws):
         t = study.ask()
-        c = sample(t, SearchSpace(rho=rho), DataShape(1, 8, 10), Budget(mflops, params))
+        c = sample(t, SearchSpace(rho=bb.rho), DataShape(1, 8, 10), bb.budget)
         if c is not None:
             ratios.append(c.spec.alpha / t.params["alpha"])
     return {"draws": draws, "feasible": len(ratios), "replaced_share": sum(r < 1 - 1e-9 for r in ratios) / len(ratios),
@@ -385,8 +408,7 @@ def summarize(runs: list[dict], args) -> dict:
                          f"{100 * entry['test']:.2f}", " / ".join(f"{100 * v:.1f}" for v in test), diff("random"),
                          diff("lenet-style"), diff("tpe"), f"{entry['trials']:.0f}", f"{entry['epochs']:.0f}",
                          f"{entry['seconds']:.0f}"])
-        mflops, params, rho = BUDGETS[b]
-        print(f"\nbudget {b}: {mflops:g} MFLOPs (fvcore MACs), {params:,} params, rho {rho}; "
+        print(f"\nbudget {b}: {BUDGETS[b].describe()}; "
               f"{args.trials} trials x {args.epochs} epochs of compute per method; seeds {sorted(set(sum(seeds_of.values(), [])))}")
         print(tabulate(rows, headers=["method", "pick val % (mean of runs)", "best single val %", "test %",
                                       "test per seed %", "minus random[-cv] (points ± SE)", "minus lenet-style[-cv]",
@@ -475,9 +497,8 @@ def plot(runs: list[dict], path_prefix: Path) -> list[str]:
         if lows:
             for ax in axes:
                 ax.set_ylim(max(50, min(lows) - 1), min(100, max(lows) + 0.5))
-        mflops, params, rho = BUDGETS[b]
         seeds = sorted({r["seed"] for r in rs})
-        fig.suptitle(f"digits, budget {b}: {mflops:g} MFLOPs, {params:,} params, rho {rho[0]:g}; "
+        fig.suptitle(f"digits, budget {b}: {BUDGETS[b].describe()}; "
                      f"mean over seeds {seeds}, band = min-max")
         axes[0].legend(fontsize=8, loc="lower right")
         fig.tight_layout()
