@@ -425,14 +425,22 @@ def smallest_arena(path: str | os.PathLike, start: int) -> int:
     recording allocator reports afterwards: planning needs temporary room at the head."""
     rep = min_arena(path, start)
     lo, hi = max(16, rep["total"] - 16), rep["arena_run"]
-    if tflm_allocation(path, lo) is not None:
+
+    def fits(arena: int) -> bool:
+        # below an arena that fits, any failure is one of not fitting: a kernel whose temporary tensors found no
+        # room fails to prepare ("false was not true"), or TFLM even crashes (exit -11, "All temp buffers must be
+        # freed before calling ResetTempAllocations()", seen for a fully-connected kernel)
+        rc, text = _run_worker(Path(path), arena)
+        return rc == 0 and _parse_allocation(Path(path), rc, text) is not None
+
+    if fits(lo):
         return lo
     while hi - lo > 16:
         mid = (lo + hi) // 2 // 16 * 16
-        if tflm_allocation(path, mid) is None:
-            lo = mid
-        else:
+        if fits(mid):
             hi = mid
+        else:
+            lo = mid
     return hi
 
 
