@@ -253,3 +253,32 @@ def test_analysis_loads_a_study_straight_from_postgresql(tmp_path: Path):
     password = pg_password(url)
     if password:
         assert password not in from_pg.to_csv()
+
+
+def test_a_trial_that_goes_stale_between_two_sweeps_is_failed_with_its_reason(tmp_path: Path, monkeypatch):
+    """The CI failure of test_three_workers_on_postgres_survive_a_sigkill: a killed worker's trial whose grace period
+    ran out just after the sweep's stale-heartbeat query was failed by Optuna's own fail_stale_trials, which the
+    sweep used to call after its own, without any fail_reason. Deterministic here: the stale query answers "none"
+    the first time and "this one" after; the trial must end FAIL with the heartbeat reason and one retry."""
+    from search.storage import open_storage
+    from search.workers import sweep_lost_trials
+
+    monkeypatch.setenv("EDGENAS_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("EDGENAS_HEARTBEAT_GRACE", "6")
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", announce=False)
+    study = optuna.create_study(study_name="race", storage=storage)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", {"host": "another-machine/boot", "pid": 4242, "token": "t", "index": None})
+    answers = iter([[], [trial._trial_id], [trial._trial_id]])
+    monkeypatch.setattr(storage, "_get_stale_trial_ids", lambda study_id: next(answers, []), raising=False)
+
+    assert sweep_lost_trials(study) == []  # not stale yet at this sweep's query...
+    lost = storage.get_trial(trial._trial_id)
+    assert lost.state == TrialState.RUNNING, "failed behind the sweep's back, without a fail_reason"
+    assert sweep_lost_trials(study) == [trial.number]  # ...stale at the next
+    lost = storage.get_trial(trial._trial_id)
+    assert lost.state == TrialState.FAIL
+    assert lost.user_attrs["fail_reason"].startswith("worker lost: no heartbeat from another-machine/boot:4242")
+    retries = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == lost.params
