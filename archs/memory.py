@@ -350,19 +350,26 @@ def planning_room(g: Graph) -> int:
 
 def _prepare_room(g: Graph) -> int:
     """The most head bytes a weighted kernel's preparation needs, less the tail it does not see yet (see planning_room)."""
-    n_req = len(g.scratch)
+    scratch = g.scratch
+    n_req = len(scratch)
     weighted = [(i, op[0] == "FULLY_CONNECTED") for i, op in enumerate(g.ops, 1) if op[0] in _WEIGHTED]
     channels = [b[1] for b in g.biases]  # one bias per weighted op, in op order
     if len(channels) != len(weighted):  # a weighted op without a bias: the bound over the whole network
         weighted, channels = [(len(g.ops) + 1, False)], [g.max_channels]
+    # one pass from the last weighted op back (the search screens with this: no per-op scans of the requests);
+    # scratch requests are in op order, so the count of those before an op only falls on the way back
     later = 0    # per-channel arrays of the weighted ops after this one
     room = 0
+    before = n_req
     for (op, fc), ch in zip(reversed(weighted), reversed(channels)):
-        before = sum(1 for i, _ in g.scratch if i < op)
-        per_channel = _align8(_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1))
+        while before and scratch[before - 1][0] >= op:
+            before -= 1
+        per_channel = (_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1) + 7) & ~7  # 8-aligned
         temps = 2 * _TEMP_SCALAR + 2 * per_channel if fc else 4 * _TEMP_SCALAR + 3 * per_channel
-        room = max(room, _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later)
-        later += 2 * _align16(4 * ch)
+        r = _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later
+        if r > room:
+            room = r
+        later += 2 * ((4 * ch + _ALIGN - 1) & -_ALIGN)  # two int32 arrays per channel, 16-aligned
     return room - _HANDLE * n_req
 
 
