@@ -17,14 +17,16 @@ Everything here needs the optional extra `.[mcu]` (litert-torch, tflite-micro); 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -42,11 +44,39 @@ FLOAT_ISLAND_OPS = ("QUANTIZE", "DEQUANTIZE")
 _ALIGN = 16
 
 
+@contextlib.contextmanager
+def native_logs_held() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 in a temporary file, and write it out only if the block fails.
+
+    The converter's C++ libraries (TensorFlow's oneDNN note, absl's "InitializeLog" warning, MLIR's op counts)
+    and torch's import-time deprecation notes log straight to descriptor 2, past Python's `sys.stderr`, so
+    `contextlib.redirect_stderr` cannot quiet them: every export printed three lines of noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:  # what the libraries said may explain the failure
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+                sys.stderr.flush()
+
+
 def require_mcu() -> None:
     """Import the converter and the TFLM runtime, or fail with one line naming the optional extra."""
     try:
-        import litert_torch  # noqa: F401
-        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+        with native_logs_held():
+            import litert_torch  # noqa: F401
+            from tflite_micro.python.tflite_micro import runtime  # noqa: F401
     except ImportError as e:
         raise UserError(f"the microcontroller path needs the optional extra .[mcu] (litert-torch and tflite-micro): "
                         f"{MCU_EXTRA} ({type(e).__name__}: {e})") from None
@@ -320,13 +350,13 @@ def export_int8(model: nn.Module, calib_x: torch.Tensor, path: str | os.PathLike
     """Full-integer int8 .tflite of `model` (NCHW float) with NHWC int8 input, calibrated on `calib_x`
     (float NCHW images, one forward each). Returns the operators and the input/output scale and zero point."""
     require_mcu()
-    import contextlib
     import io
     import warnings
 
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with native_logs_held():
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     path = Path(path)
     model = model.cpu().eval()
@@ -336,7 +366,7 @@ def export_int8(model: nn.Module, calib_x: torch.Tensor, path: str | os.PathLike
     _pad_stays_channel_last()
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-            torch.no_grad():
+            native_logs_held(), torch.no_grad():
         warnings.simplefilter("ignore")
         graph = torch.export.export(_ChannelLast(model).eval(), example).module()
         prepared = prepare_pt2e(graph, quantizer)

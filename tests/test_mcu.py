@@ -496,3 +496,40 @@ def test_memory_model_matches_tflm_on_every_block_type(tmp_path: Path):
             assert m.arena_bytes <= 1.02 * a["total"], (spec.to_string(), a, m.arena_bytes)
         assert tflm_allocation(tmp_path / "m.tflite", m.arena_bytes) is not None, spec.to_string()
         assert r["file_bytes"] <= m.flash_bytes <= 1.05 * r["file_bytes"], (spec.to_string(), r["file_bytes"])
+
+
+def test_native_logs_are_held_and_shown_only_on_failure(capfd):
+    """What C++ libraries write to descriptor 2 inside `native_logs_held` is not shown, unless the block fails."""
+    import os
+
+    from compress.tflite import native_logs_held
+
+    with native_logs_held():
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on\n")
+    print("after", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "oneDNN" not in err and "after" in err  # held, and descriptor 2 is back
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with native_logs_held():
+            os.write(2, b"error: 'tfl.conv_2d' op is not legal\n")
+            raise RuntimeError("conversion failed")
+    assert "is not legal" in capfd.readouterr().err
+
+
+def test_an_export_prints_no_native_log_noise(tmp_path: Path):
+    """A fresh process that imports the converter and exports a model writes nothing to stderr: TensorFlow's
+    oneDNN note, absl's InitializeLog warning, MLIR's op count and torch's deprecation note (all written to
+    descriptor 2 by the libraries) used to appear on every `compress.run --export tflite`."""
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("tflite_micro")
+    code = ("import torch\nfrom archs import NetSpec, StemSpec, StageSpec, HeadSpec, build\n"
+            "from compress.tflite import export_int8, require_mcu\nrequire_mcu()\n"
+            "spec = NetSpec(num_classes=10, in_chans=1, resolution=8, stem=StemSpec(4), "
+            "stages=[StageSpec('conv', 4, 1, 2)], head=HeadSpec('pool')).validate()\n"
+            "torch.manual_seed(0)\n"
+            f"export_int8(build(spec).eval(), torch.randn(4, 1, 8, 8), {str(tmp_path / 'm.tflite')!r})\n"
+            "print('exported')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and "exported" in r.stdout, r.stderr[-3000:]
+    assert r.stderr == "", r.stderr[-3000:]
