@@ -252,7 +252,7 @@ def fail_fast() -> Iterator[None]:
 
 #: trial writes that may be written later: a trial keeps training while they wait for the database
 _DEFERRABLE = ("set_trial_user_attr", "set_trial_system_attr", "set_trial_intermediate_value")
-_PROBE_S = 2.0  # during an outage, deferred writes and fail-fast reads try the database at most this often
+PROBE_S = 2.0  # during an outage, deferred writes and fail-fast reads try the database at most this often
 _MAX_BACKOFF_S = 4.0  # longest wait between two tries: a database that is back is found within seconds
 
 
@@ -309,7 +309,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         return self.outage_ended is not None and time.monotonic() - self.outage_ended < grace_s
 
     def _probe_due(self) -> bool:
-        return self.down_since is None or time.monotonic() - self._last_try >= _PROBE_S
+        return self.down_since is None or time.monotonic() - self._last_try >= PROBE_S
 
     # --- calls ---
     def _flush(self) -> None:

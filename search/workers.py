@@ -39,8 +39,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archs.errors import UserError, note_stop_signal, stopped_by_sigterm
 
-from .storage import (MAX_RETRY, RetryLostTrial, StudyLock, WorkerId, _LIVE_TOKENS, heartbeat_enabled,
-                      heartbeat_settings, mask, resilient_of, worker_dead)
+from .storage import (MAX_RETRY, PROBE_S, RetryLostTrial, StudyLock, WorkerId, _LIVE_TOKENS,
+                      heartbeat_enabled, heartbeat_settings, mask, resilient_of, worker_dead)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send: both stop a worker the same way
 
@@ -71,11 +71,13 @@ def sweep_lost_trials(study: optuna.Study, log: Callable[[str], None] | None = N
     if not running:
         return []
     lost: dict[int, tuple[FrozenTrial, str]] = {}
-    _, grace = heartbeat_settings()
+    interval, grace = heartbeat_settings()
     now = datetime.datetime.now()
-    # right after a database outage nobody's heartbeats or records could arrive: judge only dead processes here
+    # right after a database outage nobody's heartbeats or records could arrive: judge only dead processes here.
+    # Another worker finds the database back at its next probe (`PROBE_S` apart) and beats at its next interval,
+    # so its heartbeats may resume that much after ours: the window adds it to the grace period
     res = resilient_of(storage)
-    outage = res is not None and res.in_outage_window(grace)
+    outage = res is not None and res.in_outage_window(grace + PROBE_S + interval)
     for t in running:
         info = t.user_attrs.get("worker")
         if worker_dead(info):
@@ -128,8 +130,13 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No more heartbeats (idempotent): the trial's result is recorded."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -227,6 +234,8 @@ class TrialLoop:
         error: BaseException | None = None
         lost = False
         hb = Heartbeat(self.study._storage, trial._trial_id) if heartbeat_enabled(self.study._storage) else None
+        # the heartbeat goes on until the result is recorded: a `tell` that waits out a database outage (backing
+        # off up to 5 s between tries) must not leave its trial looking dead to the other workers
         with hb if hb is not None else contextlib.nullcontext():
             try:
                 guard.release()  # a Ctrl-C held back since the ask is raised here and recorded below
@@ -250,22 +259,24 @@ class TrialLoop:
                 guard.defer()
                 state, error = TrialState.FAIL, e
                 reason = f"error: {type(e).__name__}: {mask(str(e)).splitlines()[0] if str(e) else ''}"[:500]
-        try:
-            if reason is not None and not lost:
-                with contextlib.suppress(UpdateFinishedTrialError):
-                    trial.set_user_attr("fail_reason", reason)
-            frozen = self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state,
-                                     skip_if_finished=True)
-            if lost or (frozen.state != state
-                        and str(frozen.user_attrs.get("fail_reason", "")).startswith("worker lost")):
-                self.stats.lost += 1
-                self.log(f"trial {trial.number:>3} had been failed by another worker (heartbeat missed): its result "
-                         "is dropped, a retry is queued")
-            if self.after_trial is not None:
-                self.after_trial(self.study, frozen)
-        finally:
-            # a Ctrl-C during the bookkeeping is raised now that the trial is recorded (once, however many came)
-            guard.release(raise_pending=not interrupted and error is None)
+            try:
+                if reason is not None and not lost:
+                    with contextlib.suppress(UpdateFinishedTrialError):
+                        trial.set_user_attr("fail_reason", reason)
+                frozen = self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state,
+                                         skip_if_finished=True)
+                if hb is not None:
+                    hb.stop()
+                if lost or (frozen.state != state
+                            and str(frozen.user_attrs.get("fail_reason", "")).startswith("worker lost")):
+                    self.stats.lost += 1
+                    self.log(f"trial {trial.number:>3} had been failed by another worker (heartbeat missed): its "
+                             "result is dropped, a retry is queued")
+                if self.after_trial is not None:
+                    self.after_trial(self.study, frozen)
+            finally:
+                # a Ctrl-C during the bookkeeping is raised now that the trial is recorded (once, however many came)
+                guard.release(raise_pending=not interrupted and error is None)
         if interrupted:
             raise KeyboardInterrupt
         if error is not None:

@@ -282,3 +282,35 @@ def test_a_trial_that_goes_stale_between_two_sweeps_is_failed_with_its_reason(tm
     assert lost.user_attrs["fail_reason"].startswith("worker lost: no heartbeat from another-machine/boot:4242")
     retries = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("retry_of") == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == lost.params
+
+
+def test_the_heartbeat_goes_on_until_the_result_is_recorded(tmp_path: Path, monkeypatch):
+    """The flaky slow test test_postgres_stopped_mid_study_is_ridden_out: a trial that finished during a database
+    outage stopped its heartbeat before `tell`, which then waited out the outage (backing off up to 5 s); the other
+    worker, back first, found no heartbeat and failed the trial. The heartbeat must run until the result is in,
+    and stop once it is."""
+    import threading
+
+    from search.storage import StudyLock, WorkerId, open_storage
+    from search.workers import TrialLoop
+
+    monkeypatch.setenv("EDGENAS_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("EDGENAS_HEARTBEAT_GRACE", "4")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, announce=False)
+    study = optuna.create_study(study_name="beat", storage=storage)
+    beating_at_tell = []
+    real_tell = study.tell
+
+    def tell(trial, *args, **kw):
+        beating_at_tell.append(any(t.name == f"heartbeat-{trial._trial_id}" and t.is_alive()
+                                   for t in threading.enumerate()))
+        return real_tell(trial, *args, **kw)
+
+    monkeypatch.setattr(study, "tell", tell)
+    loop = TrialLoop(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=2,
+                     lock=StudyLock(storage, url, "beat"), worker=WorkerId.current())
+    loop.run()
+    assert beating_at_tell == [True, True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")], "a heartbeat outlived its trial"
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2

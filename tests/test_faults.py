@@ -108,7 +108,8 @@ def test_postgres_stopped_mid_study_is_ridden_out(tmp_path: Path):
         assert len([ln for ln in lines if "reachable again" in ln]) == 1, lines
         ts = study_trials(optuna.storages.RDBStorage(pg.url), "o")
         check_intact(ts, tmp_path / "o/trials.csv")
-        assert not [t for t in ts if t.state == TrialState.FAIL], "a trial was failed during the outage"
+        failed = [(t.number, t.user_attrs.get("fail_reason")) for t in ts if t.state == TrialState.FAIL]
+        assert not failed, f"a trial was failed during the outage: {failed}\n{err[-3000:]}"
         for t in counted(ts):  # the writes made while the database was away arrived
             assert {"spec", "mflops", "val_acc", "worker", "curve"} <= set(t.user_attrs), sorted(t.user_attrs)
         assert (tmp_path / "o/best/model.pt").is_file()
