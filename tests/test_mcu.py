@@ -516,6 +516,7 @@ def test_native_logs_are_held_and_shown_only_on_failure(capfd):
     assert "is not legal" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_export_prints_no_native_log_noise(tmp_path: Path):
     """A fresh process that imports the converter and exports a model writes nothing to stderr: TensorFlow's
     oneDNN note, absl's InitializeLog warning, MLIR's op count and torch's deprecation note (all written to
