@@ -364,12 +364,10 @@ def _prepare_room(g: Graph) -> int:
     for (op, fc), ch in zip(reversed(weighted), reversed(channels)):
         while before and scratch[before - 1][0] >= op:
             before -= 1
-        per_channel = (_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1) + 7) & ~7  # 8-aligned
+        per_channel = _align8(_TEMP_TENSOR + _TEMP_QUANT + _INT_ARRAY * (ch + 1))
         temps = 2 * _TEMP_SCALAR + 2 * per_channel if fc else 4 * _TEMP_SCALAR + 3 * per_channel
-        r = _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later
-        if r > room:
-            room = r
-        later += 2 * ((4 * ch + _ALIGN - 1) & -_ALIGN)  # two int32 arrays per channel, 16-aligned
+        room = max(room, _REQUEST * (before + _MAX_REQUESTS_PER_OP) + temps - later)
+        later += 2 * _align16(4 * ch)
     return room - _HANDLE * n_req
 
 

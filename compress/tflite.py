@@ -73,13 +73,16 @@ def native_logs_held() -> Iterator[None]:
 
 def require_mcu() -> None:
     """Import the converter and the TFLM runtime, or fail with one line naming the optional extra."""
-    try:
-        with native_logs_held():
+    missing = None
+    with native_logs_held():  # caught inside: a missing extra is the one line below, not the libraries' logs too
+        try:
             import litert_torch  # noqa: F401
             from tflite_micro.python.tflite_micro import runtime  # noqa: F401
-    except ImportError as e:
+        except ImportError as e:
+            missing = e
+    if missing is not None:
         raise UserError(f"the microcontroller path needs the optional extra .[mcu] (litert-torch and tflite-micro): "
-                        f"{MCU_EXTRA} ({type(e).__name__}: {e})") from None
+                        f"{MCU_EXTRA} ({type(missing).__name__}: {missing})")
 
 
 def _schema():

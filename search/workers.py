@@ -135,8 +135,7 @@ class Heartbeat:
     def stop(self) -> None:
         """No more heartbeats (idempotent): the trial's result is recorded."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+        self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

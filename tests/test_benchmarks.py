@@ -17,7 +17,7 @@ from benchmarks._common import DEV_SEEDS, REPORT_SEEDS, resolve_seeds, seed_kind
 BENCHMARKS = {"search_quality": "--json", "make_run": "--json", "compression": "--json", "augment": "--json",
               "val_noise": "--json", "prune_steps": "--json", "count_speed": "--out", "train_throughput": "--out",
               "workers": "--out", "faults": "--out", "zoo_table": "--json", "memory_model": "--out",
-              "mcu_search": "--json", "sampler_efficiency": "--json"}
+              "memory_parts": "--out", "mcu_search": "--json", "sampler_efficiency": "--json"}
 
 
 def test_every_benchmark_script_is_smoke_tested():
