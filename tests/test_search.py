@@ -348,6 +348,24 @@ def test_alpha_is_fitted_to_the_budget_and_is_the_largest_that_fits():
     assert estimate(fitted).params <= 2000 < estimate(_next_wider(fitted, 4.0)).params
 
 
+def test_the_bisection_checks_each_alpha_once_and_keeps_the_largest_that_fits():
+    """Once the interval is narrower than the 4 decimals a spec keeps of alpha, a midpoint repeats an end whose
+    answer is known: it is not checked again (under an MCU budget each check is an `archs.memory` call)."""
+    spec = NetSpec(num_classes=10, in_chans=1, resolution=8, divisor=4, stages=[], head=NetSpec().head)
+    for limit in (0.5, 0.0731, 1.2345, 3.99):
+        checked = []
+
+        def fits(s: NetSpec) -> bool:
+            checked.append(s.alpha)
+            return s.alpha <= limit
+
+        fitted = fit_alpha(spec, 4.0, fits, alpha_min=0.02)
+        assert len(checked) == len(set(checked)), sorted(checked)
+        assert len(checked) < 2 + 24  # the two ends and fewer than the 24 steps
+        assert fitted.alpha == max(a for a in checked if a <= limit)
+        assert limit - fitted.alpha <= 2e-4 * limit + 1e-4, (limit, fitted.alpha)  # bisected to the last decimals
+
+
 def test_impossible_budget_fails_before_training():
     with pytest.raises(UserError, match="smallest network"):
         check_feasible(SearchSpace(), DataShape(1, 8, 10), Budget(mflops=1e-6))
