@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,8 @@ from specgen import random_specs  # noqa: E402
 
 def in_search(n: int, seed: int, sram_kb: float = 16, flash_kb: float = 64) -> dict:
     """`memory`'s calls and time per candidate while `search.space.sample` fits N random draws (seeded random
-    sampler) to an arena and a flash budget: medians and means per candidate (milliseconds)."""
-    import time
-
+    sampler) to an arena and a flash budget: the median and mean per candidate of the calls, of their time and of
+    the whole sample's (milliseconds), and memory's share of the sampling time."""
     import optuna
 
     import search.space as S
